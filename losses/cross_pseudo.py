@@ -1,0 +1,79 @@
+"""Term 6: entropy-filtered cross pseudo-labels on the unlabeled volumes."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def percentile(values, q):
+    """q-th percentile of all elements, as numpy.percentile(values, q) (linear).
+
+    Sorted values v_0..v_{n-1}, i = q/100 * (n - 1): v_floor(i) interpolated
+    linearly towards v_ceil(i). Uses kthvalue because torch.quantile refuses
+    inputs of more than 16M elements. values: any shape, n >= 1. Returns a
+    0-dim tensor of values' dtype.
+    """
+    flat = values.detach().reshape(-1)
+    if flat.numel() == 0:
+        raise ValueError('percentile of an empty tensor')
+    index = q / 100 * (flat.numel() - 1)
+    lo = math.floor(index)
+    hi = min(lo + 1, flat.numel() - 1)
+    gamma = index - lo
+    low = flat.kthvalue(lo + 1).values
+    if gamma == 0:
+        return low
+    high = flat.kthvalue(hi + 1).values
+    # numpy's lerp: interpolate from the nearer end, so gamma=1 returns high exactly
+    if gamma >= 0.5:
+        return high - (high - low) * (1 - gamma)
+    return low + (high - low) * gamma
+
+
+def entropy(prob):
+    """H_v = -sum_c p_c log p_c over dim 1 (0 log 0 = 0). (B, C, ...) -> (B, ...)."""
+    return -torch.xlogy(prob, prob).sum(dim=1)
+
+
+@torch.no_grad()
+def cross_pseudo_label(prob_a, prob_b, uncertain_percent=20):
+    """Union pseudo-label yhat and reliability mask R of the unlabeled batch.
+
+    Binary (C == 2): yhat = (argmax p_A) OR (argmax p_B);
+    multi-class: yhat = argmax_c (p_A + p_B) / 2.
+    u_k = H_k >= percentile(H_k over the whole batch, 100 - uncertain_percent),
+    with H_k the entropy of p_k; uncertain_percent = 0 marks no voxel uncertain.
+    R = (~u_A & argmax p_A == yhat) | (~u_B & argmax p_B == yhat).
+
+    prob_a, prob_b: (B, C, X, Y, Z) probabilities (read without gradient).
+    Returns (yhat int64 (B, X, Y, Z), R bool (B, X, Y, Z)).
+    """
+    if not 0 <= uncertain_percent <= 100:
+        raise ValueError(f'uncertain_percent must be in [0, 100], got {uncertain_percent}')
+    # max().indices is argmax (first maximum) and much faster than argmax over dim 1 on CPU
+    arg_a = prob_a.max(dim=1).indices
+    arg_b = prob_b.max(dim=1).indices
+    if prob_a.shape[1] == 2:
+        pseudo_label = arg_a | arg_b
+    else:
+        pseudo_label = (prob_a + prob_b).max(dim=1).indices  # argmax of the mean
+    reliable = torch.zeros_like(pseudo_label, dtype=torch.bool)
+    for arg, prob in ((arg_a, prob_a), (arg_b, prob_b)):
+        certain = torch.ones_like(reliable)
+        if uncertain_percent > 0 and reliable.numel() > 0:
+            # at 0 the >= rule would still flag the maximum; 0% means none
+            ent = entropy(prob)
+            certain = ent < percentile(ent, 100 - uncertain_percent)
+        reliable |= certain & (arg == pseudo_label)
+    return pseudo_label, reliable
+
+
+def cps_loss(logits, pseudo_label, reliable):
+    """L_cps = mean over v in R of CE(z, yhat)_v; 0 (on the graph) when R is empty.
+
+    logits: (B, C, X, Y, Z); pseudo_label: (B, X, Y, Z) int64; reliable:
+    (B, X, Y, Z) bool. Gradient flows to logits only.
+    """
+    ce = F.cross_entropy(logits, pseudo_label.detach(), reduction='none')
+    weight = reliable.detach().to(ce.dtype)
+    return (ce * weight).sum() / weight.sum().clamp_min(1)
