@@ -1,5 +1,8 @@
-"""Data pipeline: h5 datasets, numpy-dict transforms seeded per sample, batch samplers, and phantoms."""
+"""Data pipeline: h5 datasets, numpy-dict transforms seeded per sample, batch samplers, and phantoms.
+
+The phantom generator and the LA preprocessing are modules run with `python -m dataloaders.synthetic`
+and `python -m dataloaders.preprocess_la`; importing them here would make that run warn.
+"""
 from .datasets import DatasetError, H5Dataset, LAHeart, read_case, read_list, validate_case
 from .samplers import IterationBatchSampler, LabeledBatchSampler, TwoStreamBatchSampler
-from .synthetic import make_synthetic_dataset
 from .transforms import CenterCrop, Compose, RandomCrop, RandomNoise, RandomRotFlip, ToTensor

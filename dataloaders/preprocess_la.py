@@ -1,0 +1,203 @@
+"""Turn the raw 2018 Left Atrium Segmentation Challenge folders into the lineage's h5 layout.
+
+    python -m dataloaders.preprocess_la --raw_dir RAW --out_dir OUT [--seed 1337]
+
+RAW holds one folder per case, RAW/<id>/lgemri.nrrd (the LGE-MRI volume) and
+RAW/<id>/laendo.nrrd (the atrium mask, 0/255). Written: OUT/2018LA_Seg_Training Set/<id>/
+mri_norm2.h5 ('image' float32, 'label' uint8 0/1, both (X,Y,Z), gzip) and OUT/train.list
+(every case id, sorted, or the ids of --list; --test_list also writes OUT/test.list).
+The NRRD files are read by dataloaders/nrrd.py (numpy + gzip): nothing to install.
+
+What happens to each case is what the UA-MT lineage's la_heart_processing.py does:
+  label = (laendo == 255) as uint8
+  [lo, hi] = the label's bounding box (voxel indices) along x and along y
+  pad      = max(min_extent - (hi - lo), 0) // 2         (min_extent 112: the training patch)
+  crop     = [max(lo - m_lo - pad, 0), min(hi + m_hi + pad, size))   along x and along y,
+             margins m_lo, m_hi drawn from the integers in [10, 20) (--margin 10 20);
+             z is kept whole (the lineage draws z margins too but never crops z)
+  image    = (image - mean) / std over the whole volume *before* cropping, then cropped: the
+             distributed mri_norm2.h5 files hold exactly this (their cropped images have a mean
+             of about 0.5-1.5, not 0). --zscore crop uses the cropped volume's mean and std.
+Unlike the lineage (unseeded np.random, glob order), the four margins of a case come from
+np.random.default_rng([seed, i]), i = the case's position in the sorted list of processed ids,
+so the output is the same on every run.
+
+CAVEAT: this preprocessing crops every volume, test volumes included, around its
+ground-truth label. A model evaluated on such crops is told where the atrium is, so LA
+numbers computed on them (the published ones included) are optimistic.
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from .nrrd import read_nrrd
+
+H5_FOLDER = '2018LA_Seg_Training Set'
+IMAGE_FILE, LABEL_FILE = 'lgemri.nrrd', 'laendo.nrrd'
+CAVEAT = ('Caveat: this preprocessing crops every volume, test volumes included, around its '
+          'ground-truth label, so LA results on its output are optimistic.')
+
+
+class PreprocessError(ValueError):
+    """A raw case or folder cannot be processed; the message is one line naming it."""
+
+
+def crop_box(label, margins, min_extent=(112, 112)):
+    """Slices (x, y, z) cropping x/y around the label's bounding box, z whole.
+
+    label: (X,Y,Z) with at least one nonzero voxel. margins: (x_lo, x_hi, y_lo, y_hi) ints.
+    Along axis a: start = max(lo - m_lo - pad, 0), stop = min(hi + m_hi + pad, size) with
+    pad = max(min_extent_a - (hi - lo), 0) // 2 and hi the last label index, as the lineage
+    wrote it (so m_hi - 1 + pad voxels follow the label, m_lo + pad precede it).
+    """
+    nonzero = np.nonzero(label)
+    box = []
+    for axis in (0, 1):
+        lo, hi = int(nonzero[axis].min()), int(nonzero[axis].max())
+        pad = max(min_extent[axis] - (hi - lo), 0) // 2
+        m_lo, m_hi = int(margins[2 * axis]), int(margins[2 * axis + 1])
+        box.append(slice(max(lo - m_lo - pad, 0), min(hi + m_hi + pad, label.shape[axis])))
+    return box[0], box[1], slice(0, label.shape[2])
+
+
+def preprocess_case(image, laendo, rng, margin=(10, 20), min_extent=(112, 112), zscore='volume',
+                    name='case'):
+    """One case: (image (X,Y,Z), laendo (X,Y,Z) 0/255) -> (image float32, label uint8, box).
+
+    rng draws the four margins from the integers in [margin[0], margin[1]).
+    zscore: 'volume' (the lineage: statistics of the uncropped volume) or 'crop'.
+    """
+    if image.ndim != 3:
+        raise PreprocessError(f"{name}: {IMAGE_FILE} is {image.ndim}-D, expected 3-D")
+    if image.shape != laendo.shape:
+        raise PreprocessError(f"{name}: {IMAGE_FILE} is {'x'.join(map(str, image.shape))} but "
+                              f"{LABEL_FILE} is {'x'.join(map(str, laendo.shape))}")
+    label = (laendo == 255).astype(np.uint8)
+    if not label.any():
+        raise PreprocessError(f"{name}: {LABEL_FILE} has no voxel equal to 255 (the atrium)")
+    box = crop_box(label, rng.integers(margin[0], margin[1], size=4), min_extent)
+    image = image.astype(np.float64)
+    if zscore == 'crop':
+        image = image[box]
+    elif zscore != 'volume':
+        raise PreprocessError(f"zscore must be 'volume' or 'crop', got {zscore!r}")
+    std = image.std()
+    if std == 0:
+        raise PreprocessError(f"{name}: {IMAGE_FILE} is constant, cannot z-score it")
+    image = ((image - image.mean()) / std).astype(np.float32)
+    if zscore == 'volume':
+        image = image[box]
+    return np.ascontiguousarray(image), np.ascontiguousarray(label[box]), box
+
+
+def _read_ids(path):
+    path = Path(path)
+    if not path.is_file():
+        raise PreprocessError(f"list file {path} does not exist")
+    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise PreprocessError(f"list file {path} holds no case ids")
+    return ids
+
+
+def find_cases(raw_dir):
+    """Sorted ids of the folders in raw_dir holding lgemri.nrrd and/or laendo.nrrd.
+
+    A folder with only one of the two files is an error (named), folders with neither are
+    not cases and are skipped.
+    """
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise PreprocessError(f"raw dir {raw_dir} does not exist or is not a folder")
+    ids = []
+    for folder in sorted(p for p in raw_dir.iterdir() if p.is_dir()):
+        present = [(folder / f).is_file() for f in (IMAGE_FILE, LABEL_FILE)]
+        if all(present):
+            ids.append(folder.name)
+        elif any(present):
+            missing = IMAGE_FILE if not present[0] else LABEL_FILE
+            raise PreprocessError(f"case {folder.name} in {raw_dir} has no {missing}")
+    if not ids:
+        raise PreprocessError(f"no case folders with {IMAGE_FILE} and {LABEL_FILE} in {raw_dir}")
+    return ids
+
+
+def _write_h5(path, image, label):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp')
+    with h5py.File(tmp, 'w') as f:
+        f.create_dataset('image', data=image, compression='gzip')
+        f.create_dataset('label', data=label, compression='gzip')
+    os.replace(tmp, path)
+
+
+def preprocess_la(raw_dir, out_dir, seed=1337, margin=(10, 20), min_extent=(112, 112),
+                  zscore='volume', train_ids=None, test_ids=None, progress=True):
+    """Preprocess every case of raw_dir (or those of train_ids + test_ids) into out_dir.
+
+    Writes out_dir/2018LA_Seg_Training Set/<id>/mri_norm2.h5, out_dir/train.list (train_ids,
+    default all cases sorted) and, when test_ids is given, out_dir/test.list.
+    Returns the ids processed, sorted. Raises PreprocessError (a ValueError) naming the
+    case or file at fault; nrrd read errors are ValueErrors naming the file.
+    """
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    if not 0 <= margin[0] < margin[1]:
+        raise PreprocessError(f"margin must be LOW HIGH with 0 <= LOW < HIGH, got {tuple(margin)}")
+    available = find_cases(raw_dir)
+    train_ids = list(available) if train_ids is None else list(train_ids)
+    wanted = train_ids + list(test_ids or [])
+    unknown = [i for i in wanted if i not in available]
+    if unknown:
+        raise PreprocessError(f"case {unknown[0]} is listed but {raw_dir / unknown[0]} has no "
+                              f"{IMAGE_FILE}/{LABEL_FILE} ({len(unknown)} such ids)")
+    ids = sorted(set(wanted))
+    for index, case_id in enumerate(tqdm(ids, desc='preprocess_la', unit='case', disable=not progress)):
+        image, _ = read_nrrd(raw_dir / case_id / IMAGE_FILE)
+        laendo, _ = read_nrrd(raw_dir / case_id / LABEL_FILE)
+        image, label, _ = preprocess_case(image, laendo, np.random.default_rng([seed, index]),
+                                          margin, min_extent, zscore, name=f"case {case_id}")
+        _write_h5(out_dir / H5_FOLDER / case_id / 'mri_norm2.h5', image, label)
+    (out_dir / 'train.list').write_text(''.join(i + '\n' for i in train_ids))
+    if test_ids is not None:
+        (out_dir / 'test.list').write_text(''.join(i + '\n' for i in test_ids))
+    return ids
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog='python -m dataloaders.preprocess_la',
+        description='Raw 2018 LA challenge folders (<id>/lgemri.nrrd, <id>/laendo.nrrd) -> '
+                    'OUT/2018LA_Seg_Training Set/<id>/mri_norm2.h5 and OUT/train.list, cropped '
+                    'in x/y around the label with seeded random margins as the UA-MT lineage did. '
+                    + CAVEAT)
+    parser.add_argument('--raw_dir', required=True, help='folder of case folders')
+    parser.add_argument('--out_dir', required=True, help='output folder (LA layout)')
+    parser.add_argument('--seed', type=int, default=1337, help='seeds the crop margins')
+    parser.add_argument('--margin', type=int, nargs=2, default=[10, 20], metavar=('LOW', 'HIGH'),
+                        help='margins drawn from the integers in [LOW, HIGH) (default 10 20)')
+    parser.add_argument('--min_extent', type=int, nargs=2, default=[112, 112], metavar=('X', 'Y'),
+                        help='pad the box to at least this extent before the margins (default 112 112)')
+    parser.add_argument('--zscore', choices=('volume', 'crop'), default='volume',
+                        help="statistics of the whole volume (the lineage's files) or of the crop")
+    parser.add_argument('--list', dest='list_file', help='ids for train.list (default: all cases)')
+    parser.add_argument('--test_list', help='ids for test.list (processed too)')
+    args = parser.parse_args(argv)
+    try:
+        train_ids = _read_ids(args.list_file) if args.list_file else None
+        test_ids = _read_ids(args.test_list) if args.test_list else None
+        ids = preprocess_la(args.raw_dir, args.out_dir, args.seed, tuple(args.margin),
+                            tuple(args.min_extent), args.zscore, train_ids, test_ids)
+    except (ValueError, OSError) as err:
+        sys.exit(f"preprocess_la: error: {err}")
+    print(f"preprocess_la: wrote {len(ids)} cases to {Path(args.out_dir) / H5_FOLDER}")
+    print(f"preprocess_la: {CAVEAT}")
+    return 0
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,233 @@
+"""Raw LA preprocessing (seeded crop around the label, z-score) and the tiny NRRD reader it uses."""
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from dataloaders import preprocess_la as pre
+from dataloaders.nrrd import read_nrrd, write_nrrd
+
+REPO = Path(__file__).resolve().parents[1]
+H5 = '2018LA_Seg_Training Set'
+
+
+# ----------------------------------------------------------------------------- nrrd
+
+@pytest.mark.parametrize('gz', [False, True])
+@pytest.mark.parametrize('dtype', [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64])
+def test_nrrd_round_trip(tmp_path, gz, dtype):
+    array = (np.arange(5 * 4 * 3).reshape(5, 4, 3) * 7 % 23 - 5).astype(dtype)
+    if np.dtype(dtype).kind == 'u':
+        array = array % 200
+    write_nrrd(tmp_path / 'a.nrrd', array, gzip=gz)
+    back, header = read_nrrd(tmp_path / 'a.nrrd')
+    assert back.dtype == array.dtype and back.shape == (5, 4, 3) == header['sizes']
+    assert np.array_equal(back, array)
+    assert header['encoding'] == ('gzip' if gz else 'raw')
+
+
+def test_nrrd_big_endian(tmp_path):
+    array = np.array([[1, -2, 300], [40000 - 65536, 5, 6]], dtype=np.int16)
+    write_nrrd(tmp_path / 'b.nrrd', array, gzip=False, endian='big')
+    raw = (tmp_path / 'b.nrrd').read_bytes()
+    # Fortran order, big-endian: first 1 = 00 01, then array[1, 0] = -25536 = 0x9c40
+    payload = raw[raw.index(b'\n\n') + 2:]
+    assert payload[:4] == b'\x00\x01\x9c\x40'
+    back, header = read_nrrd(tmp_path / 'b.nrrd')
+    assert header['endian'] == 'big' and back.dtype == np.int16 and np.array_equal(back, array)
+
+
+def test_nrrd_hand_written_header(tmp_path):
+    """A header the way ITK/Slicer write the challenge files: comments, aliases, space fields."""
+    values = np.arange(6, dtype='<u2') * 1000  # sizes 3 2: fastest axis first
+    header = ('NRRD0005\n# Complete NRRD file format specification at:\n'
+              'type: unsigned short\ndimension: 3\nspace: left-posterior-superior\n'
+              'sizes: 3 2 1\nspace directions: (0.625,0,0) (0,0.625,0) (0,0,2.5)\n'
+              'kinds: domain domain domain\nendian: little\nencoding: gzip\n'
+              'space origin: (-180.5,-170,-40)\nmodality:=LGE\n\n')
+    (tmp_path / 'h.nrrd').write_bytes(header.encode() + gzip.compress(values.tobytes()))
+    array, fields = read_nrrd(tmp_path / 'h.nrrd')
+    assert array.shape == (3, 2, 1) and array.dtype == np.uint16
+    assert array[2, 0, 0] == 2000 and array[0, 1, 0] == 3000  # F order: index i + 3 j
+    assert np.allclose(fields['space directions'], np.diag([0.625, 0.625, 2.5]))
+    assert np.allclose(fields['space origin'], [-180.5, -170, -40])
+    assert fields['space'] == 'left-posterior-superior' and fields['keyvaluepairs'] == {'modality': 'LGE'}
+    # 'uchar' alias, 'none' direction row, raw with a byte skip
+    text = ('NRRD0004\ntype: uchar\ndimension: 2\nsizes: 2 2\nspace directions: none (0,1)\n'
+            'encoding: raw\nbyte skip: 3\n\n')
+    (tmp_path / 'u.nrrd').write_bytes(text.encode() + b'xyz\x01\x02\x03\x04')
+    array, fields = read_nrrd(tmp_path / 'u.nrrd')
+    assert array.tolist() == [[1, 3], [2, 4]] and np.isnan(fields['space directions'][0]).all()
+
+
+@pytest.mark.parametrize('header, data, message', [
+    ('NRRD0004\ntype: uchar\ndimension: 1\nsizes: 2\nencoding: bzip2\n\n', b'', "encoding 'bzip2'"),
+    ('NRRD0004\ntype: short\ndimension: 1\nsizes: 2\nencoding: raw\n\n', b'\0' * 4, 'endian'),
+    ('NRRD0004\ntype: complex\ndimension: 1\nsizes: 2\nencoding: raw\n\n', b'\0' * 4, "type 'complex'"),
+    ('NRRD0004\ntype: uchar\ndimension: 1\nsizes: 8\nencoding: raw\n\n', b'\0' * 4, 'too short'),
+    ('NRRD0004\ntype: uchar\ndimension: 1\nsizes: 2\nencoding: raw\ndata file: x.raw\n\n', b'', 'detached'),
+    ('NRRD0004\ntype: uchar\ndimension: 2\nsizes: 2\nencoding: raw\n\n', b'\0' * 2, 'dimension'),
+    ('NRRD0004\ntype: uchar\nsizes: 2\nencoding: raw\n\n', b'\0' * 2, "'dimension'"),
+    ('P5\n2 2\n255\n', b'\0' * 4, 'not an NRRD file'),
+])
+def test_nrrd_errors_name_the_file(tmp_path, header, data, message):
+    path = tmp_path / 'bad.nrrd'
+    path.write_bytes(header.encode() + data)
+    with pytest.raises(ValueError, match=message) as info:
+        read_nrrd(path)
+    assert str(path) in str(info.value)
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+def make_raw_case(root, case_id, shape=(150, 140, 12), box=((60, 81), (50, 66), (3, 9)), seed=0):
+    """A raw challenge-style case: int16 image, 0/255 uint8 mask filling `box` (inclusive-exclusive)."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 400, size=shape).astype(np.int16)
+    laendo = np.zeros(shape, dtype=np.uint8)
+    laendo[tuple(slice(a, b) for a, b in box)] = 255
+    laendo[box[0][0], box[1][0], box[2][0]] = 128  # a non-255 value is not atrium
+    image[laendo == 255] += 500
+    (root / case_id).mkdir(parents=True)
+    write_nrrd(root / case_id / 'lgemri.nrrd', image, gzip=True)
+    write_nrrd(root / case_id / 'laendo.nrrd', laendo, gzip=False)
+    return image, laendo
+
+
+def read_h5(root, case_id):
+    with h5py.File(root / H5 / case_id / 'mri_norm2.h5', 'r') as f:
+        return f['image'][()], f['label'][()]
+
+
+def offset(crop_label, full_label):
+    """(x0, y0) of the crop in the full volume, from the label's first voxel in each."""
+    return tuple(int(np.nonzero(full_label)[a].min() - np.nonzero(crop_label)[a].min()) for a in (0, 1))
+
+
+def test_case_crop_margins_and_zscore(tmp_path):
+    raw = tmp_path / 'raw'
+    image, laendo = make_raw_case(raw, 'CASE1')
+    ids = pre.preprocess_la(raw, tmp_path / 'out', seed=1337, min_extent=(0, 0), progress=False)
+    assert ids == ['CASE1']
+    assert (tmp_path / 'out' / 'train.list').read_text() == 'CASE1\n'
+    crop, label = read_h5(tmp_path / 'out', 'CASE1')
+    assert crop.dtype == np.float32 and label.dtype == np.uint8
+    assert set(np.unique(label)) == {0, 1}
+    full_label = (laendo == 255).astype(np.uint8)
+    assert label.sum() == full_label.sum()                    # the whole label is inside
+    assert crop.shape[2] == image.shape[2]                    # z is never cropped
+    # z-score over the whole volume, then crop (what the distributed LA files hold)
+    normalised = (image - image.mean()) / image.std()
+    x0, y0 = offset(label, full_label)
+    assert np.allclose(crop, normalised[x0:x0 + crop.shape[0], y0:y0 + crop.shape[1]], atol=1e-5)
+    # margins: m_lo voxels before the label, m_hi - 1 after it, m in [10, 20)
+    (lo_x, hi_x), (lo_y, hi_y) = (60, 80), (50, 65)
+    assert 10 <= lo_x - x0 <= 19 and 9 <= (x0 + crop.shape[0] - 1) - hi_x <= 18
+    assert 10 <= lo_y - y0 <= 19 and 9 <= (y0 + crop.shape[1] - 1) - hi_y <= 18
+
+
+def test_margins_cover_their_range():
+    label = np.zeros((100, 100, 4), dtype=np.uint8)
+    label[40:60, 40:60, 1:3] = 1
+    widths = set()
+    for seed in range(200):
+        box = pre.crop_box(label, np.random.default_rng([seed, 0]).integers(10, 20, 4), (0, 0))
+        widths.add(box[0].stop - box[0].start)
+        assert box[0].start in range(21, 31) and box[0].stop in range(69, 79) and box[2] == slice(0, 4)
+    assert min(widths) == 20 + 19 and max(widths) == 20 + 37  # both extremes of [10, 20) drawn
+
+
+def test_lineage_padding_to_min_extent():
+    """Labels narrower than 112 voxels get (112 - extent) // 2 extra on each side, clipped at the border."""
+    label = np.zeros((300, 120, 4), dtype=np.uint8)
+    label[140:161, 50:71, :] = 1  # extent hi - lo = 20 along x and y
+    box = pre.crop_box(label, (10, 10, 10, 10), (112, 112))
+    assert box[0] == slice(140 - 10 - 46, 160 + 10 + 46)
+    assert box[1] == slice(0, 120)  # clipped to the volume
+
+
+def test_zscore_crop_option(tmp_path):
+    raw = tmp_path / 'raw'
+    make_raw_case(raw, 'C')
+    pre.preprocess_la(raw, tmp_path / 'out', zscore='crop', min_extent=(0, 0), progress=False)
+    crop, _ = read_h5(tmp_path / 'out', 'C')
+    assert abs(crop.mean()) < 1e-4 and abs(crop.std() - 1) < 1e-4
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    raw = tmp_path / 'raw'
+    for i in range(3):
+        make_raw_case(raw, f'C{i}', seed=i)
+    shapes = {}
+    for name, seed in (('a', 1337), ('b', 1337), ('c', 7)):
+        pre.preprocess_la(raw, tmp_path / name, seed=seed, min_extent=(0, 0), progress=False)
+        shapes[name] = [read_h5(tmp_path / name, f'C{i}')[0].shape for i in range(3)]
+    for i in range(3):
+        a, b = read_h5(tmp_path / 'a', f'C{i}'), read_h5(tmp_path / 'b', f'C{i}')
+        assert a[0].tobytes() == b[0].tobytes() and a[1].tobytes() == b[1].tobytes()
+    assert shapes['a'] != shapes['c']
+    assert (tmp_path / 'a' / 'train.list').read_text().split() == ['C0', 'C1', 'C2']
+
+
+def test_lists(tmp_path):
+    raw = tmp_path / 'raw'
+    for case_id in ('A', 'B', 'C'):
+        make_raw_case(raw, case_id, shape=(40, 40, 6), box=((10, 20), (10, 20), (1, 4)))
+    ids = pre.preprocess_la(raw, tmp_path / 'out', train_ids=['C', 'A'], test_ids=['B'],
+                            min_extent=(0, 0), progress=False)
+    assert ids == ['A', 'B', 'C']
+    assert (tmp_path / 'out' / 'train.list').read_text() == 'C\nA\n'
+    assert (tmp_path / 'out' / 'test.list').read_text() == 'B\n'
+    with pytest.raises(pre.PreprocessError, match='case Z is listed'):
+        pre.preprocess_la(raw, tmp_path / 'out2', train_ids=['A', 'Z'], progress=False)
+
+
+def test_la_heart_reads_the_output(tmp_path):
+    from dataloaders.datasets import LAHeart
+    raw = tmp_path / 'raw'
+    make_raw_case(raw, 'CASE1')
+    pre.preprocess_la(raw, tmp_path / 'LA', progress=False)
+    sample = LAHeart(tmp_path / 'LA', split='train')[0]
+    assert sample['image'].dtype == np.float32 and set(np.unique(sample['label'])) == {0, 1}
+
+
+def run_main(argv):
+    with pytest.raises(SystemExit) as info:
+        pre.main(argv)
+    message = str(info.value.code)
+    assert message.startswith('preprocess_la: error: ') and '\n' not in message
+    return message
+
+
+def test_cli_errors(tmp_path):
+    out = ['--out_dir', str(tmp_path / 'out')]
+    assert 'does not exist' in run_main(['--raw_dir', str(tmp_path / 'missing')] + out)
+    raw = tmp_path / 'raw'
+    make_raw_case(raw, 'GOOD', shape=(30, 30, 4), box=((5, 9), (5, 9), (1, 3)))
+    (raw / 'HALF').mkdir()
+    write_nrrd(raw / 'HALF' / 'lgemri.nrrd', np.zeros((30, 30, 4), np.int16))
+    assert 'case HALF' in run_main(['--raw_dir', str(raw)] + out)
+    assert 'laendo.nrrd' in run_main(['--raw_dir', str(raw)] + out)
+    write_nrrd(raw / 'HALF' / 'laendo.nrrd', np.zeros((30, 31, 4), np.uint8))
+    message = run_main(['--raw_dir', str(raw)] + out)
+    assert 'case HALF' in message and '30x30x4' in message and '30x31x4' in message
+    write_nrrd(raw / 'HALF' / 'laendo.nrrd', np.zeros((30, 30, 4), np.uint8))
+    assert 'no voxel equal to 255' in run_main(['--raw_dir', str(raw)] + out)
+    (raw / 'HALF' / 'laendo.nrrd').write_bytes(b'NRRD0004\ntype: uchar\n')
+    assert 'HALF/laendo.nrrd' in run_main(['--raw_dir', str(raw)] + out)
+
+
+def test_cli_module_entry_and_caveat(tmp_path):
+    raw = tmp_path / 'raw'
+    make_raw_case(raw, 'CASE1', shape=(30, 30, 4), box=((5, 9), (5, 9), (1, 3)))
+    result = subprocess.run([sys.executable, '-m', 'dataloaders.preprocess_la', '--raw_dir', str(raw),
+                             '--out_dir', str(tmp_path / 'out'), '--seed', '1'],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert 'wrote 1 cases' in result.stdout and 'test volumes included' in result.stdout
+    assert (tmp_path / 'out' / H5 / 'CASE1' / 'mri_norm2.h5').is_file()
+    assert 'test volumes included' in ' '.join(pre.__doc__.split())
