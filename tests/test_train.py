@@ -1,0 +1,349 @@
+"""train.py end to end on tiny phantoms (CPU): every method, the loss terms' gradients, pair-sup,
+bit-exact resume with any num_workers, a 2-process torchrun run, and the run-folder rules.
+
+Runs are in-process (train.main) where a real process is not needed; one thread, so results are
+the same in every process and the tiny networks run fast on a shared 2-core machine.
+"""
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from dataloaders import Compose, H5Dataset, IterationBatchSampler, RandomCrop, ToTensor, TwoStreamBatchSampler
+from dataloaders.synthetic import make_synthetic_dataset
+from losses import supervised_loss
+from networks import ResNet34VNet, VNet
+from utils.seeding import seed_everything
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = 1337
+# What the iterations.csv of each method must hold (written out here, not read from train.py).
+TERMS = {
+    'dual': ['lr', 'loss', 'sup_a', 'sup_b', 'dice_a', 'dice_b', 'winner', 'mc_a', 'mc_b', 'reg', 'urps',
+             'cps_a', 'cps_b', 'con', 'lambda_con', 'reliable'],
+    'mt': ['lr', 'loss', 'sup', 'dice', 'consistency', 'consistency_weight'],
+    'sup': ['lr', 'loss', 'sup', 'dice'],
+}
+UNSUPERVISED_OFF = ['--alpha_mc', '0', '--lambda_reg', '0', '--lambda_urps', '0', '--lambda_cps', '0',
+                    '--lambda_con', '0']
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='session')
+def phantoms(tmp_path_factory):
+    """8 training + 2 test phantoms of 32^3 voxels in the LA layout, made once."""
+    return make_synthetic_dataset(tmp_path_factory.mktemp('train_phantoms') / 'data', num_train=8, num_test=2,
+                                  shape=(32, 32, 32), seed=0)
+
+
+def args(data, run, *extra, **flags):
+    """argv of a tiny run: 16^3 patches, n_filters 2, batches of 1 labeled + 1 unlabeled volume."""
+    base = dict(dataset='la', root_path=data, patch_size='16,16,16', n_filters=2, gpu=-1, batch_size=2,
+                labeled_bs=1, labelnum=4, max_iterations=4, num_workers=0, snapshot_path=run, log_every=1)
+    base.update(flags)
+    return [s for k, v in base.items() for s in (f'--{k}', str(v))] + list(extra)
+
+
+def load(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def assert_same_run(a, b, path=''):
+    """Every tensor equal (torch.equal) and every other value equal, config aside from paths/workers."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        ignore = {'snapshot_path', 'resume', 'num_workers', 'save_every'} if path.endswith('config') else set()
+        assert set(a) - ignore == set(b) - ignore, path
+        for k in set(a) - ignore:
+            assert_same_run(a[k], b[k], f'{path}/{k}')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_run(x, y, f'{path}/{i}')
+    else:
+        assert a == b, path
+
+
+def read_csv(path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope='module')
+def reference(phantoms, tmp_path_factory):
+    """An uninterrupted dual run of 8 iterations, checkpointed at 4."""
+    run = tmp_path_factory.mktemp('reference') / 'run'
+    train.main(args(phantoms, run, max_iterations=8, save_every=4))
+    return run
+
+
+# ------------------------------------------------------------------------------------------ methods
+
+@pytest.mark.parametrize('method,labelnum', [('dual', 4), ('mt', 4), ('sup', 4), ('sup', 8)])
+def test_every_method_writes_a_complete_run(phantoms, reference, tmp_path, method, labelnum):
+    if method == 'dual':
+        run, iterations = reference, 8
+    else:
+        run, iterations = tmp_path / 'run', 3
+        handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        train.main(args(phantoms, run, method=method, labelnum=labelnum, max_iterations=iterations))
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # restored
+    ckpt = load(run / 'final.pth')
+    nets = {'dual': {'net_a': VNet, 'net_b': ResNet34VNet}, 'mt': {'net_a': VNet, 'ema': VNet},
+            'sup': {'net_a': VNet}}[method]
+    optimizers = {'dual': ['optimizer_a', 'optimizer_b'], 'mt': ['optimizer_a'], 'sup': ['optimizer_a']}[method]
+    assert set(ckpt) == {'iteration', 'config', 'method', 'rng', *nets, *optimizers}
+    assert ckpt['iteration'] == iterations and ckpt['method'] == method
+    for name, cls in nets.items():
+        cls(n_channels=1, n_classes=2, n_filters=2).load_state_dict(ckpt[name])  # strict: every key fits
+    for name in optimizers:
+        assert ckpt[name]['state'] and ckpt[name]['param_groups'][0]['momentum'] == 0.9
+    assert isinstance(ckpt['rng']['torch'], torch.Tensor) and ckpt['rng']['torch'].dtype == torch.uint8
+    saved = json.loads((run / 'config.json').read_text())
+    assert isinstance(ckpt['config'], dict) and json.loads(json.dumps(ckpt['config'])) == saved
+    assert saved['method'] == method and saved['labelnum'] == labelnum
+
+    rows = read_csv(run / 'iterations.csv')
+    assert list(rows[0]) == ['iteration'] + TERMS[method]
+    assert [int(r['iteration']) for r in rows] == list(range(iterations))
+    for r in rows:
+        for k in TERMS[method]:
+            if k == 'winner':
+                assert r[k] in ('A', 'B')
+            else:
+                assert math.isfinite(float(r[k])), (k, r[k])
+    log = (run / 'log.txt').read_text()
+    assert f'{method} on la' in log and f'finished {iterations} iterations' in log
+
+
+def test_gpu_index_without_cuda_falls_back_to_cpu_with_one_warning(phantoms, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        train.main(args(phantoms, tmp_path / 'run', method='sup', gpu=0, max_iterations=1))
+    cuda = [w for w in caught if 'CUDA' in str(w.message)]
+    assert len(cuda) == 1 and 'CPU' in str(cuda[0].message)
+    assert 'device cpu' in (tmp_path / 'run' / 'log.txt').read_text()
+
+
+# --------------------------------------------------------------------------------- the loss terms
+
+WEIGHTS = ('alpha_mc', 'lambda_reg', 'lambda_urps', 'lambda_cps', 'lambda_con')
+
+
+def term_cfg(**on):
+    cfg = dict(labeled_bs=2, conf_thresh=0.5, uncertain_percent=20, contrast_tau=0.1, contrast_samples=64,
+               rampup=10, **{w: 0.0 for w in WEIGHTS})
+    cfg.update(on)
+    return cfg
+
+
+@pytest.fixture(scope='module')
+def tiny_pair():
+    torch.manual_seed(1)  # a seed where both untrained networks predict both classes
+    kw = dict(n_channels=1, n_classes=2, n_filters=2)
+    net_a, net_b = VNet(**kw), ResNet34VNet(**kw)
+    image = torch.randn(4, 1, 16, 16, 16)
+    label = (torch.rand(4, 16, 16, 16) > 0.6).long()
+    return net_a, net_b, image, label
+
+
+def grads(loss, net_a, net_b):
+    """Which networks the loss's gradient reaches: a subset of {'A', 'B'}."""
+    params = list(net_a.parameters()) + list(net_b.parameters())
+    g = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+    n = len(list(net_a.parameters()))
+    reached = set()
+    for name, part in (('A', g[:n]), ('B', g[n:])):
+        if any(x is not None and x.abs().sum() > 0 for x in part):
+            reached.add(name)
+    return reached
+
+
+@pytest.mark.parametrize('winner', ['A', 'B'])
+@pytest.mark.parametrize('weight,term,nets', [
+    (None, 'sup_a', 'A'), (None, 'sup_b', 'B'),
+    ('alpha_mc', 'mc_a', 'A'), ('alpha_mc', 'mc_b', 'B'),
+    ('lambda_reg', 'reg', 'AB'),
+    ('lambda_urps', 'urps', 'loser'),
+    ('lambda_cps', 'cps_a', 'A'), ('lambda_cps', 'cps_b', 'B'),
+    ('lambda_con', 'con', 'loser'),
+])
+def test_each_term_reaches_exactly_the_networks_method_md_says(tiny_pair, monkeypatch, winner, weight, term, nets):
+    net_a, net_b, image, label = tiny_pair
+    # make `winner` win the competition: the other network's Dice loss is raised by 2 (Dice is in 0..1)
+    calls = []
+
+    def biased(logits, target):
+        sup, dice = supervised_loss(logits, target)
+        calls.append(None)
+        loser_call = 1 if winner == 'A' else 0
+        return sup, dice + (2.0 if len(calls) - 1 == loser_call else 0.0)
+    monkeypatch.setattr(train, 'supervised_loss', biased)
+
+    cfg = term_cfg(**({weight: 1.0} if weight else {}))
+    total, record, extra = train.dual_losses(net_a(image), net_b(image), label, cfg, 5, torch.Generator(), 1)
+    assert extra['winner'] == winner
+    expected = {'A', 'B'} - {winner} if nets == 'loser' else set(nets)
+    assert grads(record[term], net_a, net_b) == expected
+    # the total is the supervised pair plus this term with its weight, nothing else
+    on = {'alpha_mc': ['mc_a', 'mc_b'], 'lambda_reg': ['reg'], 'lambda_urps': ['urps'],
+          'lambda_cps': ['cps_a', 'cps_b'], 'lambda_con': ['con']}.get(weight, [])
+    factor = extra['lambda_con'] if weight == 'lambda_con' else 1.0
+    assert 0 < factor <= 1
+    expect_total = record['sup_a'] + record['sup_b'] + factor * sum((record[t] for t in on), torch.zeros(()))
+    assert torch.allclose(total, expect_total, rtol=1e-6, atol=1e-7)
+    for t in ('mc_a', 'mc_b', 'reg', 'urps', 'cps_a', 'cps_b', 'con'):
+        assert (record[t] != 0) == (t in on), t  # every term that is on is nonzero here
+
+
+LOSS_FUNCTIONS = {'alpha_mc': ['confident_disagreement', 'mutual_correction_loss'],
+                  'lambda_reg': ['cosine_consistency_loss'], 'lambda_urps': ['urps_loss'],
+                  'lambda_cps': ['cps_loss'], 'lambda_con': ['prototype_contrastive_loss']}
+
+
+@pytest.mark.parametrize('off', [[w] for w in WEIGHTS] + [['lambda_cps', 'lambda_con'], list(WEIGHTS)])
+def test_terms_at_weight_zero_are_not_computed(tiny_pair, monkeypatch, off):
+    net_a, net_b, image, label = tiny_pair
+    banned = [f for w in off for f in LOSS_FUNCTIONS[w]]
+    if 'lambda_cps' in off and 'lambda_con' in off:
+        banned.append('cross_pseudo_label')  # the pseudo-labels serve only terms 6 and 7
+    for name in banned:
+        def refuse(*a, _name=name, **k):
+            raise AssertionError(f'{_name} computed at weight 0')
+        monkeypatch.setattr(train, name, refuse)
+    cfg = term_cfg(**{w: (0.0 if w in off else 1.0) for w in WEIGHTS})
+    with torch.no_grad():
+        total, record, _ = train.dual_losses(net_a(image), net_b(image), label, cfg, 5, torch.Generator(), 1)
+    assert torch.isfinite(total)
+
+
+def test_pair_sup_equals_supervised_training_of_both_networks_by_hand(phantoms, tmp_path):
+    steps, labelnum = 3, 4
+    train.main(args(phantoms, tmp_path / 'run', *UNSUPERVISED_OFF, max_iterations=steps, labelnum=labelnum))
+    trained = load(tmp_path / 'run' / 'final.pth')
+
+    # the same seeds, the same networks, the same keyed batches, plain SGD on each supervised loss
+    seed_everything(SEED)
+    kw = dict(n_channels=1, n_classes=2, n_filters=2, normalization='batchnorm', has_dropout=True)
+    net_a, net_b = VNet(**kw).train(), ResNet34VNet(**kw).train()
+    torch.manual_seed(SEED)
+    optims = [torch.optim.SGD(n.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4) for n in (net_a, net_b)]
+    data = H5Dataset(phantoms, transform=Compose([RandomCrop((16, 16, 16)), ToTensor()]), num_classes=2)
+    batches = TwoStreamBatchSampler(range(labelnum), range(labelnum, len(data)), 2, 1, seed=SEED)
+    for keys in IterationBatchSampler(batches, SEED, steps):
+        samples = [data[k] for k in keys]
+        image = torch.stack([s['image'] for s in samples])
+        label = torch.stack([s['label'] for s in samples])
+        for net, opt in zip((net_a, net_b), optims):  # A's forward first, as train.py draws dropout
+            opt.zero_grad()
+            loss, _ = supervised_loss(net(image)[0][:1], label[:1])
+            loss.backward()
+        for opt in optims:
+            opt.step()
+    for name, net in (('net_a', net_a), ('net_b', net_b)):
+        for k, v in net.state_dict().items():
+            assert torch.equal(trained[name][k], v), (name, k)
+
+
+# ----------------------------------------------------------------------------------------- resume
+
+@pytest.mark.parametrize('num_workers', [0, 2])
+def test_resume_is_bit_exact_with_any_num_workers(phantoms, reference, tmp_path, num_workers):
+    if num_workers:  # the whole run with workers equals the reference run without
+        full = tmp_path / 'full'
+        train.main(args(phantoms, full, max_iterations=8, save_every=4, num_workers=num_workers))
+        assert_same_run(load(reference / 'final.pth'), load(full / 'final.pth'))
+        source = full
+    else:
+        source = reference
+    # 4 iterations (the checkpoint at 4) + resume 4 == the uninterrupted 8
+    resumed = tmp_path / 'resumed'
+    resumed.mkdir()
+    half = load(source / 'latest.pth')
+    assert half['iteration'] == 4
+    shutil.copy(source / 'latest.pth', resumed / 'latest.pth')
+    shutil.copy(source / 'iterations.csv', resumed / 'iterations.csv')
+    train.main(args(phantoms, resumed, '--resume', 'auto', max_iterations=8, num_workers=num_workers))
+    assert 'resumed from' in (resumed / 'log.txt').read_text()
+    assert_same_run(load(reference / 'final.pth'), load(resumed / 'final.pth'))
+    assert read_csv(resumed / 'iterations.csv') == read_csv(reference / 'iterations.csv')
+
+
+@pytest.mark.parametrize('method', ['mt', 'sup'])
+def test_resume_is_bit_exact_for_the_baselines(phantoms, tmp_path, method):
+    full, resumed = tmp_path / 'full', tmp_path / 'resumed'
+    train.main(args(phantoms, full, method=method, max_iterations=6, save_every=3))
+    resumed.mkdir()
+    shutil.copy(full / 'latest.pth', resumed / 'latest.pth')
+    train.main(args(phantoms, resumed, '--resume', 'auto', method=method, max_iterations=6))
+    assert_same_run(load(full / 'final.pth'), load(resumed / 'final.pth'))
+
+
+def test_resume_auto_on_a_finished_run_has_nothing_to_do(phantoms, reference, tmp_path, capsys):
+    run = tmp_path / 'run'
+    run.mkdir()
+    shutil.copy(reference / 'final.pth', run / 'final.pth')
+    shutil.copy(reference / 'latest.pth', run / 'latest.pth')
+    train.main(args(phantoms, run, '--resume', 'auto', max_iterations=8))
+    assert 'nothing to do' in capsys.readouterr().out
+    assert sorted(p.name for p in run.iterdir()) == ['final.pth', 'latest.pth']  # nothing written
+
+
+def test_run_folder_with_checkpoints_is_refused_without_resume(phantoms, reference, tmp_path):
+    run = tmp_path / 'run'
+    run.mkdir()
+    shutil.copy(reference / 'latest.pth', run / 'latest.pth')
+    before = (run / 'latest.pth').read_bytes()
+    with pytest.raises(SystemExit) as e:
+        train.main(args(phantoms, run, max_iterations=8))
+    assert 'already holds checkpoints' in str(e.value.code) and '--resume auto' in str(e.value.code)
+    assert (run / 'latest.pth').read_bytes() == before
+    assert sorted(p.name for p in run.iterdir()) == ['latest.pth']
+
+
+# ------------------------------------------------------------------------------------ distributed
+
+def test_torchrun_two_processes_gloo(phantoms, tmp_path):
+    run, steps = tmp_path / 'run', 4
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', 'train.py',
+           *args(phantoms, run, '--trace_samples', max_iterations=steps, labelnum=4, batch_size=2, labeled_bs=1)]
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    traces = [{int(r[0]): [int(i) for i in r[1:]] for r in csv.reader(open(run / f'samples_rank{k}.csv'))}
+              for k in (0, 1)]
+    for t in traces:
+        assert sorted(t) == list(range(steps))
+    for it in range(steps):
+        a, b = traces[0][it], traces[1][it]
+        assert not set(a) & set(b), (it, a, b)  # the ranks never share a volume within a step
+        for batch in (a, b):  # 1 labeled (ids 0..3) then 1 unlabeled (4..7): the same ratio on every rank
+            assert len(batch) == 2 and batch[0] < 4 <= batch[1]
+
+    # only rank 0 writes the run's files: one set, each line once
+    assert sorted(p.name for p in run.iterdir()) == ['config.json', 'final.pth', 'iterations.csv', 'log.txt',
+                                                   'samples_rank0.csv', 'samples_rank1.csv']
+    log = (run / 'log.txt').read_text()
+    assert log.count('world size 2') == 1 and log.count('finished') == 1
+    assert [int(r['iteration']) for r in read_csv(run / 'iterations.csv')] == list(range(steps))
+    assert load(run / 'final.pth')['iteration'] == steps

@@ -1,0 +1,66 @@
+"""Continuing a run from its checkpoint: find it, check it belongs to this run, restore every state.
+
+A checkpoint restores only into the run that wrote it: the same architecture (keys and shapes
+of every network) and the same settings (the run keys a caller names), so a resumed run is the
+same run. Every refusal is a CheckpointError naming the file and what differs.
+"""
+import json
+from pathlib import Path
+
+from utils.checkpoint import CheckpointError, load_checkpoint, load_weights
+from utils.seeding import set_rng_state
+
+CHECKPOINT_NAMES = ('final.pth', 'latest.pth')
+
+
+def find_resume(resume, run_dir):
+    """The checkpoint `resume` names; 'auto': the run folder's most advanced one (None if none)."""
+    if resume != 'auto':
+        return Path(resume)
+    found = [p for p in (Path(run_dir) / n for n in CHECKPOINT_NAMES) if p.is_file()]
+    if not found:
+        return None
+    return max(found, key=lambda p: iteration_of(load_checkpoint(p), p))
+
+
+def iteration_of(ckpt, path):
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('iteration'), int):
+        raise CheckpointError(f'{path}: not a training checkpoint (no iteration number); '
+                              f'--resume takes a latest.pth / final.pth written by train.py')
+    return ckpt['iteration']
+
+
+def restore(path, cfg, run_keys, nets, optimizers):
+    """Load nets {'net_a': module, ...}, optimizers {'net_a': SGD, ...} and the RNG state from the
+    checkpoint at `path`; return its iteration. Raises CheckpointError when the file is unreadable,
+    foreign, of another architecture, or saved with other settings (the caller then stops)."""
+    ckpt = load_checkpoint(path)
+    iteration = iteration_of(ckpt, path)
+    wanted = ['config', 'rng', *nets, *('optimizer_' + n[-1] for n in optimizers)]
+    missing = [k for k in wanted if k not in ckpt]
+    if missing or not isinstance(ckpt['config'], dict):
+        raise CheckpointError(f'{path}: missing {", ".join(missing) or "config"}; a checkpoint of another '
+                              f'--method or not written by train.py')
+    differ = [k for k in run_keys if json.dumps(ckpt['config'].get(k)) != json.dumps(cfg[k])]
+    saved = ', '.join(f'{k} {json.dumps(ckpt["config"].get(k))}, now {json.dumps(cfg[k])}' for k in differ)
+    # Architecture first: naming the keys that do not fit is the most useful message for a
+    # checkpoint of another network or number of classes.
+    for name, net in nets.items():
+        try:
+            load_weights(net, ckpt[name], f'{path} [{name}]')
+        except CheckpointError as e:
+            raise CheckpointError(f'{e}' + (f'; settings differ: {saved}' if differ else '')) from None
+        except (TypeError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(f'{path} [{name}]: damaged weights ({type(e).__name__}: {e})') from None
+    if differ:
+        raise CheckpointError(f'{path}: saved with other settings ({saved}); resume with the same flags, '
+                              f'or start a new --exp')
+    if not 0 <= iteration <= cfg['max_iterations']:
+        raise CheckpointError(f'{path}: iteration {iteration} outside 0..{cfg["max_iterations"]}')
+    try:
+        for name, opt in optimizers.items():
+            opt.load_state_dict(ckpt['optimizer_' + name[-1]])
+        set_rng_state(ckpt['rng'])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f'{path}: damaged optimiser or RNG state ({type(e).__name__}: {e})') from None
+    return iteration
