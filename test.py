@@ -1,5 +1,569 @@
-"""test.py: not implemented yet (see the issues)."""
+"""Evaluate a trained pair on the test list, or segment new volumes (METHOD.md, "Inference and evaluation").
+
+    python test.py --labelnum 8 --gpu 0                             # the run folder of train.py, its final.pth
+    python test.py --checkpoint model/la/dual_dual_8labels/final.pth --nets a
+    python test.py --vnet_ckpt vnet.pth --resnet_ckpt resnet.pth    # state dicts saved by the published code
+    python test.py --labelnum 8 --overlap 0.5 --gaussian            # far fewer windows, nearly the same masks
+    python test.py --labelnum 8 --input scans/ --zscore             # label maps for new volumes, no metrics
+
+Writes into the run folder (or --out_dir): test_cases.csv (one row per case), test_summary.json (mean and
+std of each metric, empty cases, settings, checkpoint, wall time) and, with --save_pred, predictions/; prints
+a Markdown table of mean ± std. The architecture (method, n_filters, num_classes, patch size, file pattern)
+comes from the checkpoint, so only the flags that locate the run folder need repeating.
+"""
+import argparse
+import csv
+import json
+import math
 import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dataloaders import DatasetError, H5Dataset
+from networks import ResNet34VNet, VNet
+from utils.checkpoint import CheckpointError, load_checkpoint, load_weights
+from utils.config import PRESETS, add_common_args, resolve, select_device
+from utils.inference import gaussian_weight, keep_largest_components, overlap_strides, test_all_case, test_single_case
+from utils.metrics import METRICS, summarize
+
+# Settings a project checkpoint fixes (its weights only fit these) ...
+ARCH_KEYS = ('n_filters', 'num_classes')
+# ... and settings taken from its config unless given on the command line.
+DATA_KEYS = ('root_path', 'pattern', 'patch_size', 'stride_xy', 'stride_z')
+NETWORKS = {'a': ('net_a', VNet), 'b': ('net_b', ResNet34VNet)}
+VOLUME_SUFFIXES = ('.nii.gz', '.nii', '.h5', '.hdf5', '.npy')
+
+
+class UsageError(ValueError):
+    """A flag or an input file that cannot be used; the message is one line naming it."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# flags
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'{text}: must be a positive integer')
+    return value
+
+
+def parse_spacing(text):
+    """'0.625,0.625,0.625' or '0.625' -> a tuple of 3 positive floats (mm per voxel along X, Y, Z)."""
+    try:
+        values = tuple(float(v) for v in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r}: expected x,y,z in mm, e.g. 0.625,0.625,0.625') from None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f'{text!r}: expected one or three positive numbers')
+    return values
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    add_common_args(p)
+    g = p.add_argument_group('what to evaluate')
+    g.add_argument('--checkpoint', default=None, help="a train.py checkpoint (default: the run folder's final.pth)")
+    g.add_argument('--vnet_ckpt', default=None, help='plain VNet state dict (published format): network A')
+    g.add_argument('--resnet_ckpt', default=None, help='plain ResNet34VNet state dict (published format): network B')
+    g.add_argument('--nets', choices=['a', 'b', 'both'], default=None,
+                   help='networks whose softmax outputs are averaged (default: both for dual, a for mt and sup)')
+    g.add_argument('--split', default='test', help='evaluates <split>.list of the dataset folder (default test)')
+    g.add_argument('--list_file', default=None, help='a list file of case ids instead of --split')
+    g.add_argument('--input', default=None,
+                   help='segment a volume or a folder of volumes (.h5 with "image", .npy, .nii/.nii.gz) '
+                        'and write label maps; no metrics')
+    g.add_argument('--zscore', action='store_true',
+                   help='--input: normalise each volume to mean 0, std 1 as the LA preprocessing did')
+    g = p.add_argument_group('sliding window')
+    g.add_argument('--stride_xy', type=positive_int, default=None, help="in-plane stride (preset's, 18 for LA)")
+    g.add_argument('--stride_z', type=positive_int, default=None, help="stride along Z (preset's, 4 for LA)")
+    g.add_argument('--overlap', type=float, default=None,
+                   help='strides from a fractional window overlap in [0, 1) instead of --stride_xy/--stride_z')
+    g.add_argument('--gaussian', action='store_true', help='weight each window by a Gaussian importance map')
+    g.add_argument('--batch_windows', type=positive_int, default=1,
+                   help='windows per forward pass (default 1; measure others with benchmarks/inference_speed.py)')
+    g = p.add_argument_group('metrics')
+    g.add_argument('--lcc', action='store_true', help='keep the largest connected component of each class')
+    g.add_argument('--spacing', type=parse_spacing, default=None, help='x,y,z mm per voxel: distances in mm')
+    g.add_argument('--lineage_empty', action='store_true',
+                   help="score an empty prediction (0, 0, 0, 0) as the lineage does, instead of leaving its "
+                        "distances out")
+    g = p.add_argument_group('output')
+    g.add_argument('--out_dir', default=None, help='default: the run folder (the checkpoint\'s folder)')
+    g.add_argument('--save_pred', action='store_true', help='write prediction, image and label of every case')
+    fmt = g.add_mutually_exclusive_group()
+    fmt.add_argument('--nifti', action='store_true',
+                     help='--save_pred and --input write .nii.gz (needs nibabel; --save_pred\'s default when found)')
+    fmt.add_argument('--h5', action='store_true', help='--save_pred and --input write .h5, even with nibabel')
+    g.add_argument('--no_progress', action='store_true', help='no progress bar')
+    return p
+
+
+def parse_args(argv=None):
+    """(cfg dict, set of the settings given explicitly on the command line)."""
+    parser = build_parser()
+    # argparse leaves attributes already present in the namespace alone unless the flag is given, so
+    # pre-filled markers tell "given" from "defaulted" (a checkpoint's value must not beat a given flag).
+    unset = object()
+    watched = ('dataset', 'method') + ARCH_KEYS + DATA_KEYS
+    args = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in watched}))
+    explicit = {k for k in watched if getattr(args, k) is not unset}
+    for key in watched:
+        if key not in explicit:
+            setattr(args, key, parser.get_default(key))
+    no_folder = args.root_path is None and PRESETS[args.dataset]['root_path'] is None
+    if no_folder:
+        args.root_path = ''  # resolve() insists on a folder; --input and a checkpoint's config may not need one
+    cfg = resolve(args)
+    if no_folder:
+        cfg['root_path'] = None
+    return cfg, explicit
+
+
+# ----------------------------------------------------------------------------------------------------------
+# networks
+
+def build_net(which, cfg):
+    _, cls = NETWORKS[which]
+    # has_dropout=True as in train.py; eval() turns the dropout off, and the state dict keys are the same
+    return cls(n_channels=1, n_classes=cfg['num_classes'], n_filters=cfg['n_filters'],
+               normalization='batchnorm', has_dropout=True)
+
+
+def chosen_nets(requested, available, default, source):
+    wanted = {'a': ['a'], 'b': ['b'], 'both': ['a', 'b']}[requested or default]
+    missing = [w for w in wanted if w not in available]
+    if missing:
+        raise UsageError(f'--nets {requested}: {source} has no network {missing[0].upper()} '
+                         f'(it has {", ".join(w.upper() for w in available)})')
+    return wanted
+
+
+def missing_checkpoint_message(run_dir):
+    others = sorted(p.name for p in run_dir.glob('*.pth')) if run_dir.is_dir() else []
+    found = (f'; the folder holds {", ".join(others)}: pass --checkpoint {run_dir / others[0]} to use it'
+             if others else '' if run_dir.is_dir() else '; that folder does not exist')
+    return (f'no checkpoint {run_dir / "final.pth"}: looked in the run folder {run_dir}, where train.py writes '
+            f'final.pth when training finishes{found}. Pass the training flags (--dataset, --exp, --method, '
+            f'--labelnum or --snapshot_path), --checkpoint PATH, or --vnet_ckpt/--resnet_ckpt')
+
+
+def load_project(cfg, explicit, notes):
+    """Load a train.py checkpoint; merge its config into cfg. Returns ({which: net}, checkpoint info)."""
+    if cfg['checkpoint'] is not None:
+        path = Path(cfg['checkpoint'])
+        if not path.is_file():
+            raise CheckpointError(f'--checkpoint {path}: file not found')
+    else:
+        path = Path(cfg['snapshot_path']) / 'final.pth'
+        if not path.is_file():
+            raise CheckpointError(missing_checkpoint_message(Path(cfg['snapshot_path'])))
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or 'net_a' not in ckpt or not isinstance(ckpt.get('config'), dict):
+        if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+            raise CheckpointError(f'{path}: a plain state dict, not a train.py checkpoint; '
+                                  f'pass it as --vnet_ckpt or --resnet_ckpt')
+        raise CheckpointError(f'{path}: not a train.py checkpoint (expected a dict with config and net_a)')
+    saved = ckpt['config']
+    method = ckpt.get('method') or saved.get('method', 'dual')
+    if 'method' in explicit and method != cfg['method']:
+        notes.append(f'--method {cfg["method"]} ignored: {path} is a {method} checkpoint')
+    cfg['method'] = method
+
+    if 'dataset' not in explicit and saved.get('dataset') in PRESETS:
+        cfg['dataset'] = saved['dataset']
+    same_dataset = saved.get('dataset') == cfg['dataset']
+    for key in ARCH_KEYS:
+        if key in saved:
+            if key in explicit and cfg[key] != saved[key]:
+                notes.append(f'--{key} {cfg[key]} ignored: {path} was trained with {key} {saved[key]}')
+            cfg[key] = saved[key]
+    for key in DATA_KEYS:
+        if key in explicit:
+            continue
+        value = saved.get(key) if same_dataset else None
+        cfg[key] = value if value is not None else PRESETS[cfg['dataset']].get(key, cfg[key])
+    cfg['patch_size'] = tuple(int(v) for v in cfg['patch_size'])
+
+    available = ['a', 'b'] if 'net_b' in ckpt else ['a']
+    which = chosen_nets(cfg['nets'], available, 'both' if method == 'dual' else 'a', f'{path} ({method})')
+    nets = {}
+    for w in which:
+        net = build_net(w, cfg)
+        load_weights(net, ckpt[NETWORKS[w][0]], f'{path} [{NETWORKS[w][0]}]')
+        nets[w] = net
+    return nets, {'checkpoint': str(path), 'iteration': ckpt.get('iteration'), 'run_dir': str(path.parent),
+                  'label': method}
+
+
+def load_published(cfg):
+    """Plain state dicts of the published code: --vnet_ckpt (A) and/or --resnet_ckpt (B), built from flags."""
+    files = {w: f for w, f in (('a', cfg['vnet_ckpt']), ('b', cfg['resnet_ckpt'])) if f}
+    which = chosen_nets(cfg['nets'], list(files), 'both' if len(files) == 2 else next(iter(files)),
+                        '--vnet_ckpt/--resnet_ckpt')
+    nets = {}
+    for w in which:
+        path = Path(files[w])
+        flag = '--vnet_ckpt' if w == 'a' else '--resnet_ckpt'
+        if not path.is_file():
+            raise CheckpointError(f'{flag} {path}: file not found')
+        state = load_checkpoint(path)
+        if isinstance(state, dict) and 'net_a' in state and 'config' in state:
+            raise CheckpointError(f'{flag} {path}: a train.py checkpoint, not a plain state dict; '
+                                  f'pass it as --checkpoint')
+        if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
+            state = state['state_dict']  # some releases wrap the weights once
+        net = build_net(w, cfg)
+        load_weights(net, state, f'{flag} {path}')
+        nets[w] = net
+    return nets, {'checkpoint': {w: str(Path(files[w])) for w in which}, 'iteration': None,
+                  'run_dir': cfg['snapshot_path'], 'label': 'published'}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# volumes in, label maps out
+
+def nibabel_or_none():
+    try:
+        import nibabel
+    except ImportError:
+        return None
+    return nibabel
+
+
+def volume_suffix(path):
+    name = path.name.lower()
+    return next((s for s in VOLUME_SUFFIXES if name.endswith(s)), None)
+
+
+def input_files(path):
+    path = Path(path)
+    if path.is_file():
+        if volume_suffix(path) is None:
+            raise UsageError(f'--input {path}: not a volume ({", ".join(VOLUME_SUFFIXES)})')
+        return [path]
+    if not path.is_dir():
+        raise UsageError(f'--input {path}: no such file or folder')
+    files = sorted(p for p in path.iterdir() if p.is_file() and volume_suffix(p) is not None)
+    if not files:
+        raise UsageError(f'--input {path}: the folder holds no volume ({", ".join(VOLUME_SUFFIXES)})')
+    return files
+
+
+def read_volume(path):
+    """(image float32 (X,Y,Z), NIfTI affine or None). UsageError naming the file when unusable."""
+    suffix = volume_suffix(path)
+    affine = None
+    try:
+        if suffix in ('.h5', '.hdf5'):
+            with h5py.File(path, 'r') as f:
+                if not isinstance(f.get('image'), h5py.Dataset):
+                    raise UsageError(f'{path}: no "image" dataset (found: {", ".join(sorted(f)) or "nothing"})')
+                image = f['image'][()]
+        elif suffix == '.npy':
+            image = np.load(path, allow_pickle=False)
+        else:
+            nib = nibabel_or_none()
+            if nib is None:
+                raise UsageError(f'{path}: reading NIfTI needs nibabel: pip install nibabel')
+            img = nib.load(str(path))
+            image, affine = np.asarray(img.dataobj), img.affine
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- h5py, numpy and nibabel report corrupt files with many types
+        raise UsageError(f'{path}: cannot read ({type(e).__name__}: {" ".join(str(e).split())[:200]})') from None
+    while image.ndim > 3 and image.shape[-1] == 1:  # NIfTI often stores (X,Y,Z,1)
+        image = image[..., 0]
+    if image.ndim != 3 or image.dtype.kind not in 'biuf' or 0 in image.shape:
+        raise UsageError(f'{path}: expected a 3-D numeric volume, found {image.dtype} of shape {image.shape}')
+    image = image.astype(np.float32)
+    if not np.isfinite(image).all():
+        raise UsageError(f'{path}: the volume has NaN or Inf voxels')
+    return image, affine
+
+
+def save_nifti(nib, array, path, affine):
+    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
+
+
+def spacing_affine(spacing):
+    return None if spacing is None else np.diag([*spacing, 1.0])
+
+
+def label_dtype(num_classes):
+    return np.uint8 if num_classes <= 256 else np.int32
+
+
+class UniqueNames:
+    """Hands out file stems never handed out before in this run (per suffix): id, id_2, id_3, ..."""
+
+    def __init__(self):
+        self.used = set()
+
+    def __call__(self, stem, suffix=''):
+        name, k = stem, 1
+        while name + suffix in self.used:
+            k += 1
+            name = f'{stem}_{k}'
+        self.used.add(name + suffix)
+        return name
+
+
+class PredictionWriter:
+    """save_fn for test_all_case: <case id>_pred/_img/_gt.nii.gz, or one <case id>.h5 holding all three."""
+
+    def __init__(self, folder, nib, spacing, num_classes):
+        self.folder, self.nib, self.spacing, self.num_classes = Path(folder), nib, spacing, num_classes
+        self.names = UniqueNames()
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, case_id, pred, image, label, score):
+        stem = self.names(str(case_id))
+        pred = pred.astype(label_dtype(self.num_classes))
+        label = np.asarray(label).astype(label_dtype(self.num_classes))
+        image = np.asarray(image, dtype=np.float32)
+        if self.nib is not None:
+            affine = spacing_affine(self.spacing)
+            for suffix, array in (('pred', pred), ('img', image), ('gt', label)):
+                save_nifti(self.nib, array, self.folder / f'{stem}_{suffix}.nii.gz', affine)
+        else:
+            with h5py.File(self.folder / f'{stem}.h5', 'w') as f:
+                for key, array in (('prediction', pred), ('image', image), ('label', label)):
+                    f.create_dataset(key, data=array, compression='gzip')
+                f.attrs['case'] = str(case_id)
+
+
+class Cases:
+    """(case id, image, label) of every case of a dataset, read one at a time; has a length for tqdm."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __iter__(self):
+        for i in range(len(self.dataset)):
+            sample = self.dataset[i]
+            yield self.dataset.ids[i], sample['image'], sample['label']
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the table and the files
+
+def fmt_stat(stat, scale):
+    if stat['n'] == 0 or not math.isfinite(stat['mean']):
+        return 'n/a'
+    return f'{stat["mean"] * scale:.2f} ± {stat["std"] * scale:.2f}'
+
+
+def format_table(summary, label, units, num_classes, lineage_empty):
+    """Markdown table: Dice and Jaccard in %, 95HD and ASD in `units`; one row per class when > 2 classes."""
+    lines = [f'| | Dice (%) | Jaccard (%) | 95HD ({units}) | ASD ({units}) |', '|---|---|---|---|---|']
+    rows = [(label, '')] + ([(f'class {c}', f'_{c}') for c in range(1, num_classes)] if num_classes > 2 else [])
+    for name, suffix in rows:
+        cells = [fmt_stat(summary[m + suffix], 100.0 if m in ('dice', 'jaccard') else 1.0) for m in METRICS]
+        lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+    n, empty = summary['n_cases'], summary['n_empty']
+    if empty:
+        how = ('scored (0, 0, 0, 0) as the lineage does' if lineage_empty
+               else 'Dice 0; 95HD and ASD undefined and left out of their means')
+        lines.append(f'{empty} of {n} cases empty ({how})')
+    for c in range(1, num_classes) if num_classes > 2 else ():
+        if summary.get(f'n_empty_{c}'):
+            lines.append(f'class {c}: {summary[f"n_empty_{c}"]} of {n} cases empty')
+    if summary.get('n_gt_empty'):
+        lines.append(f'{summary["n_gt_empty"]} of {n} cases have an empty ground truth (distances undefined)')
+    return '\n'.join(lines)
+
+
+def csv_value(value):
+    if isinstance(value, (list, tuple)):
+        return 'x'.join(str(v) for v in value)
+    return value
+
+
+def write_cases_csv(rows, path):
+    columns = list(rows[0]) if rows else ['case', *METRICS]
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: csv_value(v) for k, v in row.items()})
+
+
+def json_safe(obj):
+    """NaN/Inf -> None (JSON has no NaN), tuples -> lists, numpy scalars -> Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------------
+# main
+
+def window_settings(cfg, explicit):
+    """(stride_xy, stride_z, weight or None): --overlap, else the given strides, else the preset's."""
+    patch = cfg['patch_size']
+    if cfg['overlap'] is not None:
+        given = [f'--{k}' for k in ('stride_xy', 'stride_z') if k in explicit]
+        if given:
+            raise UsageError(f'--overlap and {" / ".join(given)} are alternatives: pass one of them')
+        try:
+            stride_xy, stride_z = overlap_strides(patch, cfg['overlap'])
+        except ValueError as e:
+            raise UsageError(f'--overlap {cfg["overlap"]}: {e}') from None
+    else:
+        stride_xy, stride_z = int(cfg['stride_xy']), int(cfg['stride_z'])
+    weight = gaussian_weight(patch) if cfg['gaussian'] else None
+    return stride_xy, stride_z, weight
+
+
+def segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib):
+    """--input: one label map per volume, <name>_pred in the volume's format (or --nifti / --h5's), into
+    <out_dir>/predictions_input."""
+    files = input_files(cfg['input'])
+    folder = out_dir / 'predictions_input'
+    folder.mkdir(parents=True, exist_ok=True)
+    names = UniqueNames()
+    written = []
+    for path in tqdm(files, desc='segment', unit='volume', disable=cfg['no_progress']):
+        image, affine = read_volume(path)
+        mean, std = float(image.mean()), float(image.std())
+        if cfg['zscore']:
+            image = (image - mean) / max(std, 1e-8)
+        elif abs(mean) > 1.0 or not 0.2 < std < 5.0:
+            tqdm.write(f'note: {path.name}: mean {mean:.3g}, std {std:.3g}, but the networks were trained on '
+                       f'z-scored volumes; pass --zscore if it is not normalised', file=sys.stderr)
+        pred, _ = test_single_case(list(nets.values()), image, stride_xy, stride_z, cfg['patch_size'],
+                                   cfg['num_classes'], device=device, batch_size=cfg['batch_windows'],
+                                   weight=weight)
+        if cfg['lcc']:
+            pred = keep_largest_components(pred, cfg['num_classes'])
+        pred = pred.astype(label_dtype(cfg['num_classes']))
+        suffix = volume_suffix(path)
+        # the input's own format unless --nifti / --h5 asks for another
+        kind = ('.nii.gz' if cfg['nifti'] else '.h5' if cfg['h5'] else
+                '.nii.gz' if suffix in ('.nii', '.nii.gz') else '.h5' if suffix in ('.h5', '.hdf5') else '.npy')
+        target = folder / (names(path.name[:-len(suffix)] + '_pred', kind) + kind)
+        if kind == '.nii.gz':
+            save_nifti(nib, pred, target, affine if affine is not None else spacing_affine(cfg['spacing']))
+        elif kind == '.npy':
+            np.save(target, pred)
+        else:
+            with h5py.File(target, 'w') as f:
+                f.create_dataset('label', data=pred, compression='gzip')
+                f.attrs['source'] = str(path)
+        written.append(target)
+    print(f'wrote {len(written)} label map(s) to {folder}')
+    return written
+
+
+def main(argv=None):
+    cfg, explicit = parse_args(argv)
+    notes = []
+    nib = nibabel_or_none()
+    if cfg['nifti'] and nib is None:
+        raise UsageError('--nifti needs nibabel, which is not installed: pip install nibabel')
+    published = bool(cfg['vnet_ckpt'] or cfg['resnet_ckpt'])
+    if published and cfg['checkpoint']:
+        raise UsageError('pass either --checkpoint (a train.py checkpoint) or --vnet_ckpt/--resnet_ckpt, not both')
+    device = select_device(cfg['gpu'])
+
+    nets, info = load_published(cfg) if published else load_project(cfg, explicit, notes)
+    for net in nets.values():
+        net.to(device).eval()
+    stride_xy, stride_z, weight = window_settings(cfg, explicit)
+    out_dir = Path(cfg['out_dir'] if cfg['out_dir'] is not None else info['run_dir'])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for note in notes:
+        print(f'note: {note}', file=sys.stderr)
+    names = '+'.join(w.upper() for w in nets)
+    if cfg['input'] is not None:
+        segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib)
+        return 0
+
+    if cfg['root_path'] is None:
+        raise UsageError(f'--dataset {cfg["dataset"]} has no default folder: pass --root_path')
+    pattern = cfg['pattern'] or PRESETS[cfg['dataset']]['pattern']
+    dataset = H5Dataset(cfg['root_path'], split=cfg['split'], list_file=cfg['list_file'], pattern=pattern,
+                        num_classes=cfg['num_classes'])
+    save_fn = None
+    if cfg['save_pred']:
+        save_fn = PredictionWriter(out_dir / 'predictions', None if cfg['h5'] else nib, cfg['spacing'],
+                                   cfg['num_classes'])
+    source = info['checkpoint'] if isinstance(info['checkpoint'], str) else ' and '.join(info['checkpoint'].values())
+    print(f'{info["label"]}: networks {names} of {source} on {len(dataset)} cases of '
+          f'{dataset.list_file}, patch {"x".join(map(str, cfg["patch_size"]))}, stride {stride_xy}/{stride_z}'
+          f'{", Gaussian weights" if weight is not None else ""}, device {device}')
+
+    start = time.perf_counter()
+    rows = test_all_case(list(nets.values()), Cases(dataset), cfg['num_classes'], cfg['patch_size'], stride_xy,
+                         stride_z, device=device, lcc=cfg['lcc'], spacing=cfg['spacing'],
+                         lineage_empty=cfg['lineage_empty'], save_fn=save_fn, batch_size=cfg['batch_windows'],
+                         weight=weight, progress=not cfg['no_progress'])
+    wall = time.perf_counter() - start
+
+    summary = summarize(rows)
+    summary['n_gt_empty'] = int(sum(bool(r['gt_empty']) for r in rows))
+    for c in range(1, cfg['num_classes']) if cfg['num_classes'] > 2 else ():
+        summary[f'n_empty_{c}'] = int(sum(bool(r[f'empty_{c}']) for r in rows))
+    units = 'mm' if cfg['spacing'] is not None else 'voxels'
+    label = f'{info["label"]} ({names})'
+    table = format_table(summary, label, units, cfg['num_classes'], cfg['lineage_empty'])
+
+    settings = {k: cfg[k] for k in ('dataset', 'root_path', 'split', 'method', 'n_filters', 'num_classes',
+                                    'patch_size', 'overlap', 'gaussian', 'lcc', 'spacing', 'lineage_empty',
+                                    'batch_windows')}
+    settings.update(list_file=str(dataset.list_file), pattern=pattern, nets=list(nets), stride_xy=stride_xy,
+                    stride_z=stride_z, device=str(device), torch=torch.__version__)
+    result = {
+        'metrics': {k: v for k, v in summary.items() if isinstance(v, dict)},
+        'n_cases': summary['n_cases'], 'n_empty': summary['n_empty'], 'n_gt_empty': summary['n_gt_empty'],
+        'empty_cases': [r['case'] for r in rows if r['empty']],
+        'units': {'dice': 'fraction', 'jaccard': 'fraction', 'hd95': units, 'asd': units},
+        'checkpoint': info['checkpoint'], 'iteration': info['iteration'],
+        'settings': settings, 'wall_seconds': wall, 'table': table,
+    }
+    write_cases_csv(rows, out_dir / 'test_cases.csv')
+    (out_dir / 'test_summary.json').write_text(json.dumps(json_safe(result), indent=2, allow_nan=False) + '\n')
+    print(table)
+    print(f'{len(rows)} cases in {wall:.1f} s; per case: {out_dir / "test_cases.csv"}, '
+          f'summary: {out_dir / "test_summary.json"}'
+          + (f', predictions: {out_dir / "predictions"}' if save_fn is not None else ''))
+    return 0
+
+
+def cli(argv=None):
+    """main() with the project's error convention: one line naming the file or flag, exit status 1."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return main(argv)
+    except (DatasetError, CheckpointError, UsageError) as e:
+        if '--debug' in argv:
+            raise
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    except OSError as e:  # an output folder that cannot be written, a disk that is full
+        if '--debug' in argv:
+            raise
+        print(f'error: {e.filename or ""}: {e.strerror or e}', file=sys.stderr)
+        return 1
+
 
 if __name__ == '__main__':
-    sys.exit('test.py: not implemented yet')
+    sys.exit(cli())
