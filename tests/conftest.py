@@ -1,5 +1,33 @@
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 # Tests import the project's folders the way the scripts do: from the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+@pytest.fixture(scope='session')
+def phantoms(tmp_path_factory):
+    """8 training + 2 test phantoms of 32^3 voxels in the LA layout, made once per session."""
+    from dataloaders.synthetic import make_synthetic_dataset
+    return make_synthetic_dataset(tmp_path_factory.mktemp('phantoms') / 'data', num_train=8, num_test=2,
+                                  shape=(32, 32, 32), seed=0)
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """Tiny volumes train faster on one thread, and a test's processes do not fight over cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def train_argv(data, run, *extra, **flags):
+    """argv of a tiny train.py run: 16^3 patches, n_filters 2, batches of 1 labeled + 1 unlabeled volume."""
+    base = dict(dataset='la', root_path=data, patch_size='16,16,16', n_filters=2, gpu=-1, batch_size=2,
+                labeled_bs=1, labelnum=4, max_iterations=4, num_workers=0, snapshot_path=run)
+    base.update(flags)
+    return [s for k, v in base.items() for s in (f'--{k}', str(v))] + list(extra)

@@ -23,7 +23,7 @@ import torch
 
 import train
 from dataloaders import H5Dataset
-from dataloaders.synthetic import make_synthetic_dataset
+from conftest import train_argv
 from networks import ResNet34VNet, VNet
 from utils.checkpoint import CheckpointError
 from utils.cli import run_cli
@@ -34,25 +34,11 @@ ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
 STEPS = 30  # long enough that a signal sent after the first checkpoint lands mid-run
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope='session')
-def phantoms(tmp_path_factory):
-    return make_synthetic_dataset(tmp_path_factory.mktemp('robust_phantoms') / 'data', num_train=8, num_test=2,
-                                  shape=(32, 32, 32), seed=0)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def args(data, run, *extra, **flags):
-    base = dict(dataset='la', root_path=data, patch_size='16,16,16', n_filters=2, gpu=-1, batch_size=2,
-                labeled_bs=1, labelnum=4, max_iterations=STEPS, num_workers=0, snapshot_path=run)
-    base.update(flags)
-    return [s for k, v in base.items() for s in (f'--{k}', str(v))] + list(extra)
+    return train_argv(data, run, *extra, **{'max_iterations': STEPS, **flags})
 
 
 def load(path):

@@ -20,7 +20,7 @@ import torch
 
 import train
 from dataloaders import Compose, H5Dataset, IterationBatchSampler, RandomCrop, ToTensor, TwoStreamBatchSampler
-from dataloaders.synthetic import make_synthetic_dataset
+from conftest import train_argv
 from losses import supervised_loss
 from networks import ResNet34VNet, VNet
 from utils.seeding import seed_everything
@@ -38,27 +38,11 @@ UNSUPERVISED_OFF = ['--alpha_mc', '0', '--lambda_reg', '0', '--lambda_urps', '0'
                     '--lambda_con', '0']
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope='session')
-def phantoms(tmp_path_factory):
-    """8 training + 2 test phantoms of 32^3 voxels in the LA layout, made once."""
-    return make_synthetic_dataset(tmp_path_factory.mktemp('train_phantoms') / 'data', num_train=8, num_test=2,
-                                  shape=(32, 32, 32), seed=0)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def args(data, run, *extra, **flags):
-    """argv of a tiny run: 16^3 patches, n_filters 2, batches of 1 labeled + 1 unlabeled volume."""
-    base = dict(dataset='la', root_path=data, patch_size='16,16,16', n_filters=2, gpu=-1, batch_size=2,
-                labeled_bs=1, labelnum=4, max_iterations=4, num_workers=0, snapshot_path=run, log_every=1)
-    base.update(flags)
-    return [s for k, v in base.items() for s in (f'--{k}', str(v))] + list(extra)
+    return train_argv(data, run, *extra, **{'log_every': 1, **flags})
 
 
 def load(path):
