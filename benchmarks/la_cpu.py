@@ -1,0 +1,178 @@
+"""Does the dual network beat its baselines on real LA data? A CPU-sized version of the LA protocol.
+
+    python benchmarks/la_cpu.py --la_root ../shared/data/LA            # 80-volume development split
+    python benchmarks/la_cpu.py --la_root data/LA --standard            # the standard train.list/test.list
+
+Resamples every volume (image linear, label nearest neighbour; cached), trains sup, pair-sup (dual with
+every unsupervised weight 0), mt and dual with the same labeled volumes and iteration budget through
+train.py, evaluates each final checkpoint through test.py, and prints one table with the paired per-case
+Dice difference of dual against each baseline. Development split (the default): first --labelnum ids of
+train.list labeled, the rest of the first 60 unlabeled, ids 61-80 as the test set.
+"""
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBDIR = '2018LA_Seg_Training Set'
+
+# Extra train.py flags of each method; pair-sup is dual with every unsupervised weight 0.
+METHODS = {
+    'sup': ['--method', 'sup'],
+    'pairsup': ['--method', 'dual', '--alpha_mc', '0', '--lambda_reg', '0', '--lambda_urps', '0',
+                '--lambda_cps', '0', '--lambda_con', '0'],
+    'mt': ['--method', 'mt'],
+    'dual': ['--method', 'dual'],
+    'dual-no-cps': ['--method', 'dual', '--lambda_cps', '0'],
+    'dual-no-con': ['--method', 'dual', '--lambda_con', '0'],
+}
+
+
+def read_ids(path):
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def build_cache(args):
+    """Resampled copies of the volumes in the LA layout, with train.list / test.list of the split."""
+    la = Path(args.la_root)
+    if args.standard:
+        train_ids, test_ids = read_ids(la / 'train.list'), read_ids(la / 'test.list')
+    else:
+        ids = read_ids(la / 'train.list')
+        if len(ids) < 80:
+            sys.exit(f'error: {la / "train.list"} lists {len(ids)} ids; the development split needs 80')
+        train_ids, test_ids = ids[:60], ids[60:80]
+    cache = Path(args.cache) / f'scale{args.scale:g}'
+    for case in train_ids + test_ids:
+        out = cache / SUBDIR / case / 'mri_norm2.h5'
+        if out.is_file():
+            continue
+        with h5py.File(la / SUBDIR / case / 'mri_norm2.h5', 'r') as f:
+            image, label = f['image'][:], f['label'][:]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix('.tmp')
+        with h5py.File(tmp, 'w') as f:
+            f['image'] = ndimage.zoom(image, args.scale, order=1).astype(np.float32)
+            f['label'] = ndimage.zoom(label, args.scale, order=0).astype(np.uint8)
+        tmp.replace(out)
+    (cache / 'train.list').write_text('\n'.join(train_ids) + '\n')
+    (cache / 'test.list').write_text('\n'.join(test_ids) + '\n')
+    return cache
+
+
+def run(cmd, log_path):
+    with open(log_path, 'w') as log:
+        done = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        sys.exit(f'error: {" ".join(cmd[:3])} ... failed (exit {done.returncode}); see {log_path}')
+
+
+def train_and_test(method, seed, cache, args):
+    """Train one method with train.py and evaluate its final checkpoint with test.py; returns its rows."""
+    run_dir = Path(args.out) / f'{method}_seed{seed}'
+    common = ['--dataset', 'h5', '--root_path', str(cache), '--pattern', '{id}/mri_norm2.h5',
+              '--patch_size', args.patch_size, '--n_filters', str(args.n_filters), '--gpu', args.gpu,
+              '--labelnum', str(args.labelnum), '--seed', str(seed), '--snapshot_path', str(run_dir)]
+    seconds = None
+    if not (run_dir / 'final.pth').is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        run([sys.executable, 'train.py', *common, *METHODS[method],
+             '--max_iterations', str(args.iterations), '--lr_step', str(args.lr_step),
+             '--num_workers', str(args.num_workers), '--save_every', str(args.iterations)],
+            run_dir / 'train_stdout.txt')
+        seconds = time.time() - t0
+        (run_dir / 'train_seconds.txt').write_text(f'{seconds:.1f}\n')
+    else:
+        seconds = float((run_dir / 'train_seconds.txt').read_text())
+    if not (run_dir / 'test_summary.json').is_file():
+        run([sys.executable, 'test.py', *common, '--stride_xy', str(args.stride_xy), '--stride_z',
+             str(args.stride_z)], run_dir / 'test_stdout.txt')
+    with open(run_dir / 'test_cases.csv', newline='') as f:
+        rows = {r['case']: {k: float(r[k]) for k in ('dice', 'jaccard', 'hd95', 'asd')} for r in csv.DictReader(f)}
+    return rows, seconds
+
+
+def mean_std(values):
+    values = np.asarray([v for v in values if np.isfinite(v)])
+    return (values.mean(), values.std()) if len(values) else (float('nan'), float('nan'))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--la_root', default='data/LA', help='LA folder with train.list and the h5 folder')
+    p.add_argument('--standard', action='store_true', help='use train.list/test.list (full dataset)')
+    p.add_argument('--scale', type=float, default=0.5, help='resampling factor of every axis')
+    p.add_argument('--patch_size', default='64,64,32')
+    p.add_argument('--stride_xy', type=int, default=16)
+    p.add_argument('--stride_z', type=int, default=8)
+    p.add_argument('--n_filters', type=int, default=8)
+    p.add_argument('--iterations', type=int, default=1000)
+    p.add_argument('--lr_step', type=int, default=None, help='default: 5/12 of --iterations, as 2500 of 6000')
+    p.add_argument('--labelnum', type=int, default=8)
+    p.add_argument('--methods', default='sup,pairsup,mt,dual', help=f'comma list of {sorted(METHODS)}')
+    p.add_argument('--seeds', default='1337', help='comma list; mean ± std over seeds is reported')
+    p.add_argument('--num_workers', type=int, default=1)
+    p.add_argument('--gpu', default='-1')
+    p.add_argument('--cache', default=str(ROOT / 'benchmarks' / 'cache'))
+    p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'cache' / 'la_cpu_runs'))
+    args = p.parse_args()
+    args.lr_step = args.lr_step or max(1, args.iterations * 5 // 12)
+    methods = args.methods.split(',')
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        sys.exit(f'error: --methods: unknown {unknown}; choose from {sorted(METHODS)}')
+    seeds = [int(s) for s in args.seeds.split(',')]
+
+    cache = build_cache(args)
+    results = {}
+    for seed in seeds:
+        for method in methods:
+            print(f'[{time.strftime("%H:%M:%S")}] {method} seed {seed} ...', flush=True)
+            results[method, seed] = train_and_test(method, seed, cache, args)
+
+    print(f'\nLA at scale {args.scale}, patch {args.patch_size}, {args.iterations} iterations, '
+          f'n_filters {args.n_filters}, {args.labelnum} labeled, seeds {seeds}')
+    print('| method | Dice % | Jaccard % | 95HD (vox) | ASD (vox) | train min |')
+    print('|---|---|---|---|---|---|')
+    summary = {}
+    for method in methods:
+        cells = []
+        for metric, scale in (('dice', 100), ('jaccard', 100), ('hd95', 1), ('asd', 1)):
+            if len(seeds) == 1:  # spread over test cases
+                m, s = mean_std([r[metric] * scale for r in results[method, seeds[0]][0].values()])
+            else:  # spread over seeds of the per-seed means
+                m, s = mean_std([mean_std([r[metric] * scale for r in results[method, sd][0].values()])[0]
+                                 for sd in seeds])
+            cells.append(f'{m:.2f} ± {s:.2f}')
+            summary.setdefault(method, {})[metric] = (m, s)
+        minutes = np.mean([results[method, sd][1] for sd in seeds]) / 60
+        summary[method]['train_minutes'] = minutes
+        print(f'| {method} | ' + ' | '.join(cells) + f' | {minutes:.1f} |')
+
+    if 'dual' in methods:
+        print('\nPaired per-case Dice difference, dual minus baseline (percentage points, all seeds pooled):')
+        for method in methods:
+            if method == 'dual':
+                continue
+            diffs = [100 * (results['dual', sd][0][c]['dice'] - results[method, sd][0][c]['dice'])
+                     for sd in seeds for c in results['dual', sd][0]]
+            better = sum(d > 0 for d in diffs)
+            print(f'  vs {method}: mean {np.mean(diffs):+.2f}, dual better in {better} of {len(diffs)} cases')
+            summary[method]['dual_minus'] = float(np.mean(diffs))
+            summary[method]['dual_better'] = f'{better}/{len(diffs)}'
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / 'summary.json').write_text(json.dumps({'args': vars(args), 'results': summary}, indent=2))
+
+
+if __name__ == '__main__':
+    main()

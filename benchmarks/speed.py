@@ -1,0 +1,265 @@
+"""How close is each step to its speed limit? Ratios measured side by side in one run.
+
+    python benchmarks/speed.py --la_root ../shared/data/LA                    # CPU-sized defaults
+    python benchmarks/speed.py --la_root data/LA --gpu 0 --patch_size 112,112,80 --n_filters 16
+    python benchmarks/speed.py ... --checkpoint benchmarks/cache/la_cpu_runs/dual_seed1337/final.pth
+
+Sections (each prints its own lines; the closing table collects the ratios):
+  step      one full dual step (every loss term, both optimisers) over the same step with only the two
+            supervised losses; same batch and patch                          goal <= 1.15
+  inference test_single_case over (a) the lineage's per-window loop under no_grad (goal <= 1.05 on CPU),
+            (b) the released loop without no_grad (goal < 1), (c) the limit: windows x one forward (<= 1.10)
+  overlap   --overlap 0.5 --gaussian over the fixed stride with a trained pair (--checkpoint): speed-up and
+            Dice difference on real volumes
+  data      samples/s the training loader delivers over samples/s a training step consumes (goal > 1)
+  memory    peak RSS (CPU) / max allocated (CUDA) of a training step with and without the contrastive term
+"""
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+
+import train  # noqa: E402
+from dataloaders import (Compose, H5Dataset, IterationBatchSampler, RandomCrop, ToTensor,  # noqa: E402
+                         TwoStreamBatchSampler)
+from inference_speed import per_window_loop  # noqa: E402
+from utils.checkpoint import load_checkpoint, load_weights  # noqa: E402
+from utils.config import parse_patch, select_device  # noqa: E402
+from utils.inference import gaussian_weight, overlap_strides, test_single_case  # noqa: E402
+from utils.metrics import calculate_metric_percase  # noqa: E402
+
+SUPERVISED_ONLY = dict(alpha_mc=0, lambda_reg=0, lambda_urps=0, lambda_cps=0, lambda_con=0)
+
+
+def train_config(args, **overrides):
+    """train.py's settings for a dual step at the benchmark's patch and width."""
+    cfg = train.parse_args(['--dataset', 'h5', '--root_path', str(args.la_root), '--patch_size',
+                            ','.join(map(str, args.patch_size)), '--n_filters', str(args.n_filters),
+                            '--gpu', args.gpu, '--labelnum', str(args.labelnum)])
+    cfg.update(overrides)
+    return cfg
+
+
+def timed(fn, device, repeats):
+    """Fastest of `repeats` calls, after one untimed warm-up call."""
+    fn()
+    best = math.inf
+    for _ in range(repeats):
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def make_step(cfg, device, image, label):
+    """A closure doing one dual training step on a fixed batch, as train.py does."""
+    nets = train.build_networks(cfg, device)
+    opts = [torch.optim.SGD(nets[n].parameters(), lr=cfg['base_lr'], momentum=0.9, weight_decay=1e-4)
+            for n in ('net_a', 'net_b')]
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def step():
+        loss = train.dual_losses(nets['net_a'](image), nets['net_b'](image), label, cfg, cfg['max_iterations'],
+                                 gen, 1)[0]
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in opts:
+            opt.step()
+    return step
+
+
+def random_batch(cfg, device, seed=0):
+    """A batch of real crops from the training list (labeled first), on the device."""
+    dataset = H5Dataset(cfg['root_path'], pattern='{id}/mri_norm2.h5',
+                        transform=Compose([RandomCrop(cfg['patch_size']), ToTensor()]))
+    samples = [dataset[(i, seed, 0)] for i in range(cfg['batch_size'])]
+    image = torch.stack([s['image'] for s in samples]).to(device)
+    label = torch.stack([s['label'] for s in samples]).to(device)
+    return image, label
+
+
+def bench_step(args, device, results):
+    full, sup = train_config(args), train_config(args, **SUPERVISED_ONLY)
+    image, label = random_batch(full, device)
+    t_full = timed(make_step(full, device, image, label), device, args.repeats)
+    t_sup = timed(make_step(sup, device, image, label), device, args.repeats)
+    print(f'step: full dual {t_full:.3f} s, supervised-only pair {t_sup:.3f} s')
+    results['step: full dual / supervised-only pair'] = (t_full / t_sup, '<= 1.15')
+    return t_full
+
+
+def bench_inference(args, device, results):
+    cfg = train_config(args)
+    nets = [n.eval() for n in train.build_networks(cfg, device).values()]
+    dataset = H5Dataset(cfg['root_path'], pattern='{id}/mri_norm2.h5')
+    image = dataset[len(dataset) - 1]['image']
+    patch, sxy, sz = args.patch_size, args.stride_xy, args.stride_z
+    padded = [max(n, p) for n, p in zip(image.shape, patch)]
+    windows = math.prod(math.ceil((n - p) / s) + 1 for n, p, s in zip(padded, patch, (sxy, sxy, sz)))
+    window = torch.from_numpy(np.ascontiguousarray(image[:patch[0], :patch[1], :patch[2]]))[None, None].to(device)
+
+    def one_forward():
+        with torch.inference_mode():
+            sum(F.softmax(net(window)[0], dim=1) for net in nets)
+    t_forward = timed(one_forward, device, args.repeats)
+    ours = timed(lambda: test_single_case(nets, image, sxy, sz, patch, 2, device=device,
+                                          batch_size=args.batch_windows), device, args.repeats)
+    naive = timed(lambda: per_window_loop(nets, image, sxy, sz, patch, 2, device, grad=False), device, args.repeats)
+    released = timed(lambda: per_window_loop(nets, image, sxy, sz, patch, 2, device, grad=True), device,
+                     args.repeats)
+    print(f'inference on {image.shape} with {windows} windows x {len(nets)} nets: test_single_case {ours:.2f} s, '
+          f'naive no_grad {naive:.2f} s, released {released:.2f} s, one forward {t_forward:.3f} s')
+    results['inference: test_single_case / naive no_grad'] = (ours / naive, '<= 1.05 (CPU)')
+    results['inference: test_single_case / released loop'] = (ours / released, '< 1')
+    results['inference: test_single_case / (windows x forward)'] = (ours / (windows * t_forward), '<= 1.10')
+
+
+def bench_overlap(args, device, results):
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = {**ckpt['config'], 'gpu': args.gpu}
+    nets = train.build_networks(cfg, device)
+    for name in ('net_a', 'net_b'):
+        if name in nets:
+            load_weights(nets[name], ckpt[name], f'{args.checkpoint} [{name}]')
+    nets = [nets[n].eval() for n in ('net_a', 'net_b') if n in nets]
+    patch = tuple(cfg['patch_size'])
+    dataset = H5Dataset(cfg['root_path'], split='test', pattern='{id}/mri_norm2.h5')
+    sxy, sz = overlap_strides(patch, 0.5)
+    weight = gaussian_weight(patch).to(device)
+    cases = range(min(args.overlap_cases, len(dataset)))
+    t_fixed = t_overlap = 0.0
+    diffs = []
+    for i in cases:
+        sample = dataset[i]
+        t0 = time.perf_counter()
+        fixed = test_single_case(nets, sample['image'], args.eval_stride_xy, args.eval_stride_z, patch, 2,
+                                 device=device)[0]
+        t1 = time.perf_counter()
+        over = test_single_case(nets, sample['image'], sxy, sz, patch, 2, device=device, weight=weight)[0]
+        t2 = time.perf_counter()
+        t_fixed, t_overlap = t_fixed + t1 - t0, t_overlap + t2 - t1
+        gt = sample['label'] > 0
+        diffs.append(calculate_metric_percase(over > 0, gt)[0] - calculate_metric_percase(fixed > 0, gt)[0])
+    print(f'overlap 0.5 + gaussian (strides {sxy}/{sz}) vs stride {args.eval_stride_xy}/{args.eval_stride_z} on '
+          f'{len(diffs)} test volumes: {t_fixed:.1f} s -> {t_overlap:.1f} s, Dice difference '
+          f'{100 * np.mean(diffs):+.2f} points (min {100 * min(diffs):+.2f})')
+    results['overlap: speed-up of --overlap 0.5 --gaussian'] = (t_fixed / t_overlap, '> 1')
+    results['overlap: Dice difference (points)'] = (100 * np.mean(diffs), '~ 0')
+
+
+def bench_data(args, device, t_step, results):
+    cfg = train_config(args)
+    dataset = H5Dataset(cfg['root_path'], pattern='{id}/mri_norm2.h5',
+                        transform=Compose([RandomCrop(cfg['patch_size']), ToTensor()]))
+    labeled = list(range(cfg['labelnum']))
+    batches = TwoStreamBatchSampler(labeled, list(range(cfg['labelnum'], len(dataset))), cfg['batch_size'],
+                                    cfg['batch_size'] - cfg['labeled_bs'], seed=0)
+    n = args.data_batches
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=IterationBatchSampler(batches, 0, n + 2),
+                                         num_workers=args.num_workers)
+    it = iter(loader)
+    next(it), next(it)  # workers started and warm
+    t0 = time.perf_counter()
+    for _ in range(n):
+        next(it)
+    delivered = n * cfg['batch_size'] / (time.perf_counter() - t0)
+    consumed = cfg['batch_size'] / t_step
+    print(f'data: loader ({args.num_workers} workers) {delivered:.1f} samples/s, a step consumes '
+          f'{consumed:.1f} samples/s')
+    results['data: loader samples/s / step samples/s'] = (delivered / consumed, '> 1')
+
+
+def bench_memory(args, results):
+    """Peak memory of one training step, each variant in a fresh process so peaks do not mix."""
+    peaks = {}
+    for name, con in (('with contrastive', '0.1'), ('without contrastive', '0')):
+        out = subprocess.run([sys.executable, __file__, '--la_root', str(args.la_root), '--gpu', args.gpu,
+                              '--patch_size', ','.join(map(str, args.patch_size)), '--n_filters',
+                              str(args.n_filters), '--labelnum', str(args.labelnum), '--_memory_probe', con],
+                             capture_output=True, text=True, check=True)
+        peaks[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    unit = 'MiB max allocated (CUDA)' if peaks['with contrastive']['cuda'] else 'MiB peak RSS'
+    print(f'memory: ' + ', '.join(f'{k} {v["mib"]:.0f}' for k, v in peaks.items()) + f' {unit}')
+    results['memory: with / without contrastive'] = (
+        peaks['with contrastive']['mib'] / peaks['without contrastive']['mib'], '~ 1')
+
+
+def memory_probe(args):
+    device = select_device(args.gpu)
+    cfg = train_config(args, lambda_con=float(args._memory_probe))
+    image, label = random_batch(cfg, device)
+    step = make_step(cfg, device, image, label)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    step()
+    step()
+    if device.type == 'cuda':
+        mib = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({'mib': mib, 'cuda': device.type == 'cuda'}))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument('--la_root', default='benchmarks/cache/scale0.5',
+                   help='an LA-layout folder (la_cpu.py writes the half-resolution one)')
+    p.add_argument('--gpu', default='-1')
+    p.add_argument('--patch_size', type=parse_patch, default=(64, 64, 32))
+    p.add_argument('--n_filters', type=int, default=8)
+    p.add_argument('--labelnum', type=int, default=8, help='labeled cases (the data section samples both streams)')
+    p.add_argument('--stride_xy', type=int, default=18, help='inference stride (LA: 18/4)')
+    p.add_argument('--stride_z', type=int, default=4)
+    p.add_argument('--batch_windows', type=int, default=1)
+    p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--num_workers', type=int, default=1)
+    p.add_argument('--data_batches', type=int, default=10)
+    p.add_argument('--checkpoint', default=None, help='a trained pair for the overlap section')
+    p.add_argument('--eval_stride_xy', type=int, default=16, help='fixed stride the overlap section compares')
+    p.add_argument('--eval_stride_z', type=int, default=8)
+    p.add_argument('--overlap_cases', type=int, default=20)
+    p.add_argument('--sections', default='step,inference,overlap,data,memory')
+    p.add_argument('--_memory_probe', default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.patch_size = tuple(args.patch_size)
+    if args._memory_probe is not None:
+        return memory_probe(args)
+    device = select_device(args.gpu)
+    sections = args.sections.split(',')
+    print(f'device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, patch {args.patch_size}, '
+          f'n_filters {args.n_filters}, {time.strftime("%Y-%m-%d")}', flush=True)
+    results = {}
+    t_step = bench_step(args, device, results) if 'step' in sections or 'data' in sections else None
+    if 'inference' in sections:
+        bench_inference(args, device, results)
+    if 'overlap' in sections and args.checkpoint:
+        bench_overlap(args, device, results)
+    if 'data' in sections:
+        bench_data(args, device, t_step, results)
+    if 'memory' in sections:
+        bench_memory(args, results)
+    print('\n| ratio | measured | goal |\n|---|---|---|')
+    for name, (value, goal) in results.items():
+        print(f'| {name} | {value:.3f} | {goal} |')
+
+
+if __name__ == '__main__':
+    main()

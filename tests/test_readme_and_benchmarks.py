@@ -1,0 +1,96 @@
+"""The README cannot rot: every command in it parses, and the benchmark scripts run end to end on phantoms.
+
+Long commands (full LA training, the benchmarks) are exercised here as smoke runs or --help; the quick
+start runs as written in .ci/run.
+"""
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import importlib.util
+import os
+
+import pytest
+
+import train
+
+REPO = Path(__file__).resolve().parents[1]
+# test.py shares its name with Python's own `test` package: load it from its path.
+_spec = importlib.util.spec_from_file_location('test_script', REPO / 'test.py')
+test_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(test_script)
+ENV_THREADS = {'OMP_NUM_THREADS': '1'}
+
+
+def readme_commands():
+    """Indented command lines of the README's code blocks (those that start with pip, python or torchrun)."""
+    commands = []
+    for line in (REPO / 'README.md').read_text().splitlines():
+        text = line.strip()
+        if line.startswith('    ') and text.split(' ')[0] in ('pip', 'python', 'torchrun'):
+            for part in text.split('&&'):
+                commands.append(part.strip())
+    return commands
+
+
+def run(argv, **kw):
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env={**os.environ, **ENV_THREADS}, **kw)
+
+
+def test_readme_has_the_two_first_screen_commands():
+    commands = readme_commands()
+    assert 'python train.py --dataset synthetic --gpu -1' in commands
+    assert 'python test.py --dataset synthetic --gpu -1' in commands
+    assert 'python -m pytest -q tests' in commands
+    ci = (REPO / '.ci' / 'run').read_text()
+    assert 'python -m pytest -q tests' in ci  # CI runs the README's test command
+
+
+@pytest.mark.parametrize('command', readme_commands())
+def test_every_readme_command_parses(command):
+    words = shlex.split(command)
+    if words[0] == 'pip':
+        assert words[1:] == ['install', '-r', 'requirements.txt'] or words[1:3] == ['install', 'torch==2.13.0']
+        return
+    if words[0] == 'torchrun':
+        words = ['python'] + words[words.index('train.py'):]
+    if words[1] == '-m':
+        if words[2] == 'pytest':
+            return
+        assert run([sys.executable, '-m', words[2], '--help']).returncode == 0
+        return
+    script, argv = words[1], [w for w in words[2:] if w != '...']
+    if script == 'train.py':
+        train.parse_args(argv)  # SystemExit (a bad flag) fails the test
+    elif script == 'test.py':
+        test_script.parse_args(argv)
+    else:
+        assert (REPO / script).is_file(), script
+        done = run([sys.executable, script, '--help'])
+        assert done.returncode == 0, done.stderr
+
+
+def test_la_cpu_benchmark_runs_on_phantoms(phantoms, tmp_path):
+    """The accuracy benchmark end to end, tiny: 2 methods, 2 iterations, on the phantoms' train/test lists."""
+    out = tmp_path / 'runs'
+    done = run([sys.executable, 'benchmarks/la_cpu.py', '--la_root', str(phantoms), '--standard', '--scale', '1',
+                '--patch_size', '16,16,16', '--stride_xy', '16', '--stride_z', '16', '--n_filters', '2',
+                '--iterations', '2', '--labelnum', '4', '--methods', 'pairsup,dual', '--num_workers', '0',
+                '--cache', str(tmp_path / 'cache'), '--out', str(out)], timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert '| dual |' in done.stdout and 'vs pairsup' in done.stdout
+    summary = json.loads((out / 'summary.json').read_text())['results']
+    assert set(summary) == {'pairsup', 'dual'}
+    assert 0 <= summary['dual']['dice'][0] <= 100
+
+
+def test_speed_benchmark_runs_on_phantoms(phantoms):
+    done = run([sys.executable, 'benchmarks/speed.py', '--la_root', str(phantoms), '--patch_size', '16,16,16',
+                '--n_filters', '2', '--stride_xy', '16', '--stride_z', '16', '--repeats', '1', '--data_batches', '2',
+                '--num_workers', '0', '--labelnum', '4'], timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for ratio in ('step: full dual / supervised-only pair', 'inference: test_single_case / naive no_grad',
+                  'data: loader samples/s / step samples/s', 'memory: with / without contrastive'):
+        assert f'| {ratio} |' in done.stdout
