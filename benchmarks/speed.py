@@ -196,7 +196,7 @@ def bench_memory(args, results):
                              capture_output=True, text=True, check=True)
         peaks[name] = json.loads(out.stdout.strip().splitlines()[-1])
     unit = 'MiB max allocated (CUDA)' if peaks['with contrastive']['cuda'] else 'MiB peak RSS'
-    print(f'memory: ' + ', '.join(f'{k} {v["mib"]:.0f}' for k, v in peaks.items()) + f' {unit}')
+    print('memory: ' + ', '.join(f'{k} {v["mib"]:.0f}' for k, v in peaks.items()) + f' {unit}')
     results['memory: with / without contrastive'] = (
         peaks['with contrastive']['mib'] / peaks['without contrastive']['mib'], '~ 1')
 

@@ -4,7 +4,6 @@ import csv
 import importlib.util
 import json
 import math
-import re
 import subprocess
 import sys
 from pathlib import Path
