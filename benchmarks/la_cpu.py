@@ -31,6 +31,10 @@ METHODS = {
                 '--lambda_cps', '0', '--lambda_con', '0'],
     'mt': ['--method', 'mt'],
     'dual': ['--method', 'dual'],
+    # Leave-one-out ablations: which unsupervised term helps or hurts.
+    'dual-no-mc': ['--method', 'dual', '--alpha_mc', '0'],
+    'dual-no-reg': ['--method', 'dual', '--lambda_reg', '0'],
+    'dual-no-urps': ['--method', 'dual', '--lambda_urps', '0'],
     'dual-no-cps': ['--method', 'dual', '--lambda_cps', '0'],
     'dual-no-con': ['--method', 'dual', '--lambda_con', '0'],
 }
@@ -81,7 +85,13 @@ def train_and_test(method, seed, cache, args):
     common = ['--dataset', 'h5', '--root_path', str(cache), '--pattern', '{id}/mri_norm2.h5',
               '--patch_size', args.patch_size, '--n_filters', str(args.n_filters), '--gpu', args.gpu,
               '--labelnum', str(args.labelnum), '--seed', str(seed), '--snapshot_path', str(run_dir)]
-    seconds = None
+    settings = {'max_iterations': args.iterations, 'n_filters': args.n_filters, 'labelnum': args.labelnum,
+                'lr_step': args.lr_step, 'root_path': str(cache)}
+    if (run_dir / 'config.json').is_file():  # a finished run is reused only if it used these settings
+        saved = json.loads((run_dir / 'config.json').read_text())
+        stale = {k: saved.get(k) for k, v in settings.items() if saved.get(k) != v}
+        if stale:
+            sys.exit(f'error: {run_dir} was trained with {stale}, not {settings}; pass another --out')
     if not (run_dir / 'final.pth').is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.time()

@@ -85,6 +85,22 @@ def test_la_cpu_benchmark_runs_on_phantoms(phantoms, tmp_path):
     assert set(summary) == {'pairsup', 'dual'}
     assert 0 <= summary['dual']['dice'][0] <= 100
 
+    # a finished run is not silently reused for other settings
+    again = run([sys.executable, 'benchmarks/la_cpu.py', '--la_root', str(phantoms), '--standard', '--scale', '1',
+                 '--patch_size', '16,16,16', '--n_filters', '2', '--iterations', '3', '--labelnum', '4',
+                 '--methods', 'dual', '--cache', str(tmp_path / 'cache'), '--out', str(out)], timeout=600)
+    assert again.returncode != 0 and 'pass another --out' in again.stderr
+
+    # the pseudo-label audit reads the dual run; percentages and volume ratios are in range
+    audit = run([sys.executable, 'benchmarks/pseudo_labels.py', '--checkpoint', str(out / 'dual_seed1337' / 'final.pth'),
+                 '--root_path', str(tmp_path / 'cache' / 'scale1'), '--batches', '2'], timeout=600)
+    assert audit.returncode == 0, audit.stderr[-2000:]
+    shares = [float(w.rstrip('%,')) for w in audit.stdout.split() if w.replace('.', '').rstrip('%,').isdigit()]
+    assert len(shares) >= 12 and all(0 <= v <= 100 for v in shares[:12])
+    refused = run([sys.executable, 'benchmarks/pseudo_labels.py', '--checkpoint',
+                   str(out / 'pairsup_seed1337' / 'config.json'), '--root_path', str(phantoms)])
+    assert refused.returncode != 0 and refused.stderr.count('\n') == 1 and 'config.json' in refused.stderr
+
 
 def test_speed_benchmark_runs_on_phantoms(phantoms):
     done = run([sys.executable, 'benchmarks/speed.py', '--la_root', str(phantoms), '--patch_size', '16,16,16',
