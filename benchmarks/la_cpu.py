@@ -37,6 +37,8 @@ METHODS = {
     'dual-no-urps': ['--method', 'dual', '--lambda_urps', '0'],
     'dual-no-cps': ['--method', 'dual', '--lambda_cps', '0'],
     'dual-no-con': ['--method', 'dual', '--lambda_con', '0'],
+    # L_cps without its entropy filter: R = every voxel (tests whether the filter biases yhat's classes)
+    'dual-no-filter': ['--method', 'dual', '--uncertain_percent', '0'],
 }
 
 
