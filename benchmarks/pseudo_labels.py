@@ -93,7 +93,7 @@ def main(argv=None):
             stats['mean'].append(dice((prob_a + prob_b).argmax(1) > 0, gt))
             stats['R share'].append(float(reliable.float().mean()))
             stats['acc in R'].append(float((yhat == gt)[reliable].float().mean()))
-            stats['acc out R'].append(float((yhat == gt)[~reliable].float().mean()) if (~reliable).any() else 1.0)
+            stats['acc out R'].append(float((yhat == gt)[~reliable].float().mean()) if (~reliable).any() else float('nan'))
             stats['fg recall in R'].append(float((yhat & reliable & gt).sum() / gt.sum().clamp_min(1)))
             stats['fg precision in R'].append(float((yhat & reliable & gt).sum() / (yhat & reliable).sum().clamp_min(1)))
             stats['fg share'].append(float(gt.float().mean()))
@@ -104,7 +104,7 @@ def main(argv=None):
               f'{"x".join(map(str, patch))}, {"eval" if args.eval else "train"} mode)')
         print('  Dice vs hidden labels: ' + ', '.join(f'{k} {100 * np.mean(stats[k]):.2f}'
                                                        for k in ('A', 'B', 'winner', 'yhat', 'mean')))
-        print('  ' + ', '.join(f'{k} {100 * np.mean(stats[k]):.2f} %' for k in list(stats)[5:]))
+        print('  ' + ', '.join(f'{k} {100 * np.nanmean(stats[k]):.2f} %' for k in list(stats)[5:]))
         print('  predicted / true foreground volume: ' + ', '.join(f'{k} {volume[k] / volume["truth"]:.2f}'
                                                                    for k in ('A', 'B', 'yhat')))
 

@@ -96,7 +96,7 @@ def test_la_cpu_benchmark_runs_on_phantoms(phantoms, tmp_path):
                  '--root_path', str(tmp_path / 'cache' / 'scale1'), '--batches', '2'], timeout=600)
     assert audit.returncode == 0, audit.stderr[-2000:]
     shares = [float(w.rstrip('%,')) for w in audit.stdout.split() if w.replace('.', '').rstrip('%,').isdigit()]
-    assert len(shares) >= 12 and all(0 <= v <= 100 for v in shares[:12])
+    assert len(shares) >= 10 and all(0 <= v <= 100 for v in shares[:10])
     refused = run([sys.executable, 'benchmarks/pseudo_labels.py', '--checkpoint',
                    str(out / 'pairsup_seed1337' / 'config.json'), '--root_path', str(phantoms)])
     assert refused.returncode != 0 and refused.stderr.count('\n') == 1 and 'config.json' in refused.stderr
