@@ -1,7 +1,6 @@
 """How good are the pseudo-labels the dual losses train on? Measured against the hidden labels.
 
-    python benchmarks/pseudo_labels.py --checkpoint RUN/final.pth --root_path benchmarks/cache/scale0.5 \
-        --pattern '{id}/mri_norm2.h5'
+    python benchmarks/pseudo_labels.py --checkpoint RUN/final.pth --root_path benchmarks/cache/scale0.5
 
 The unlabeled volumes of a run (train.list after the first --labelnum ids) have labels on disk that
 training never reads. This script draws batches of random crops from them, as training does, runs
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dataloaders import read_case, read_list  # noqa: E402
+from dataloaders import RandomCrop, read_case, read_list  # noqa: E402
 from losses import cross_pseudo_label  # noqa: E402
 from networks import ResNet34VNet, VNet  # noqa: E402
 from utils.checkpoint import load_checkpoint, load_weights  # noqa: E402
@@ -33,18 +32,11 @@ def dice(pred, gt):
     return float(2 * inter / total) if total else 1.0
 
 
-def crop_batch(cases, patch, batch, rng):
-    """`batch` random (image, label) crops of random cases, padded as RandomCrop pads."""
-    images, labels = [], []
-    for _ in range(batch):
-        image, label = cases[rng.integers(len(cases))]
-        pad = [(0, max(0, p - s)) for p, s in zip(patch, image.shape)]
-        image, label = np.pad(image, pad), np.pad(label, pad)
-        corner = [rng.integers(s - p + 1) for s, p in zip(image.shape, patch)]
-        box = tuple(slice(c, c + p) for c, p in zip(corner, patch))
-        images.append(image[box])
-        labels.append(label[box])
-    return torch.from_numpy(np.stack(images))[:, None].float(), torch.from_numpy(np.stack(labels)).long()
+def crop_batch(cases, crop, batch, rng):
+    """`batch` random crops of random cases, as training's RandomCrop draws them."""
+    crops = [crop(dict(zip(('image', 'label'), cases[rng.integers(len(cases))])), rng) for _ in range(batch)]
+    image = torch.from_numpy(np.stack([c['image'] for c in crops]))[:, None].float()
+    return image, torch.from_numpy(np.stack([c['label'] for c in crops])).long()
 
 
 def main(argv=None):
@@ -72,6 +64,7 @@ def main(argv=None):
         ids = read_list(Path(args.root_path) / 'train.list')[cfg['labelnum']:]
         cases = [read_case(Path(args.root_path) / args.pattern.format(id=i)) for i in ids]
         patch = cfg['patch_size']
+        crop = RandomCrop(patch)
         unlabeled_bs = cfg['batch_size'] - cfg['labeled_bs']
         rng = np.random.default_rng(args.seed)
         torch.manual_seed(args.seed)
@@ -80,7 +73,7 @@ def main(argv=None):
                                  'fg recall in R', 'fg precision in R', 'fg share', 'fg share in R')}
         volume = {k: 0 for k in ('truth', 'A', 'B', 'yhat')}
         for _ in range(args.batches):
-            image, gt = crop_batch(cases, patch, unlabeled_bs, rng)
+            image, gt = crop_batch(cases, crop, unlabeled_bs, rng)
             gt = gt > 0
             prob_a, prob_b = (F.softmax(net(image)[0], dim=1) for net in nets)
             pseudo, reliable = cross_pseudo_label(prob_a, prob_b, cfg['uncertain_percent'])
