@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataloaders import DatasetError, H5Dataset
+from dataloaders import NORMALIZE_MODES, DatasetError, H5Dataset, NormalizeIntensity, normalize_intensity
 from networks import ResNet34VNet, VNet
 from utils.checkpoint import CheckpointError, load_checkpoint, load_weights
 from utils.config import PRESETS, add_common_args, resolve, select_device
@@ -82,6 +82,9 @@ def build_parser():
                         'and write label maps; no metrics')
     g.add_argument('--zscore', action='store_true',
                    help='--input: normalise each volume to mean 0, std 1 as the LA preprocessing did')
+    g.add_argument('--normalize', choices=NORMALIZE_MODES, default=None,
+                   help="intensity normalisation of every volume read (default: the checkpoint's; published "
+                        "state dicts: none)")
     g = p.add_argument_group('sliding window')
     g.add_argument('--stride_xy', type=positive_int, default=None, help="in-plane stride (preset's, 18 for LA)")
     g.add_argument('--stride_z', type=positive_int, default=None, help="stride along Z (preset's, 4 for LA)")
@@ -193,6 +196,8 @@ def load_project(cfg, explicit, notes):
         cfg[key] = value if value is not None else PRESETS[cfg['dataset']].get(key, cfg[key])
     cfg['patch_size'] = tuple(int(v) for v in cfg['patch_size'])
 
+    if cfg['normalize'] is None:  # checkpoints from before the flag trained on the stored values
+        cfg['normalize'] = saved.get('normalize', 'none')
     available = ['a', 'b'] if 'net_b' in ckpt else ['a']
     which = chosen_nets(cfg['nets'], available, 'both' if method == 'dual' else 'a', f'{path} ({method})')
     nets = {}
@@ -207,6 +212,8 @@ def load_project(cfg, explicit, notes):
 def load_published(cfg):
     """Plain state dicts of the published code: --vnet_ckpt (A) and/or --resnet_ckpt (B), built from flags."""
     files = {w: f for w, f in (('a', cfg['vnet_ckpt']), ('b', cfg['resnet_ckpt'])) if f}
+    if cfg['normalize'] is None:  # the published code trained on the stored values
+        cfg['normalize'] = 'none'
     which = chosen_nets(cfg['nets'], list(files), 'both' if len(files) == 2 else next(iter(files)),
                         '--vnet_ckpt/--resnet_ckpt')
     nets = {}
@@ -444,9 +451,9 @@ def segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib)
     for path in tqdm(files, desc='segment', unit='volume', disable=cfg['no_progress']):
         image, affine = read_volume(path)
         mean, std = float(image.mean()), float(image.std())
-        if cfg['zscore']:
-            image = (image - mean) / max(std, 1e-8)
-        elif abs(mean) > 1.0 or not 0.2 < std < 5.0:
+        # the normalisation the networks were trained with, exactly as training applied it
+        image = normalize_intensity(image, 'zscore' if cfg['zscore'] else cfg['normalize'])
+        if not cfg['zscore'] and cfg['normalize'] == 'none' and (abs(mean) > 1.0 or not 0.2 < std < 5.0):
             tqdm.write(f'note: {path.name}: mean {mean:.3g}, std {std:.3g}, but the networks were trained on '
                        f'z-scored volumes; pass --zscore if it is not normalised', file=sys.stderr)
         pred, _ = test_single_case(list(nets.values()), image, stride_xy, stride_z, cfg['patch_size'],
@@ -501,7 +508,7 @@ def main(argv=None):
         raise UsageError(f'--dataset {cfg["dataset"]} has no default folder: pass --root_path')
     pattern = cfg['pattern'] or PRESETS[cfg['dataset']]['pattern']
     dataset = H5Dataset(cfg['root_path'], split=cfg['split'], list_file=cfg['list_file'], pattern=pattern,
-                        num_classes=cfg['num_classes'])
+                        num_classes=cfg['num_classes'], transform=NormalizeIntensity(cfg['normalize']))
     save_fn = None
     if cfg['save_pred']:
         save_fn = PredictionWriter(out_dir / 'predictions', None if cfg['h5'] else nib, cfg['spacing'],
@@ -527,7 +534,7 @@ def main(argv=None):
     table = format_table(summary, label, units, cfg['num_classes'], cfg['lineage_empty'])
 
     settings = {k: cfg[k] for k in ('dataset', 'root_path', 'split', 'method', 'n_filters', 'num_classes',
-                                    'patch_size', 'overlap', 'gaussian', 'lcc', 'spacing', 'lineage_empty',
+                                    'normalize', 'patch_size', 'overlap', 'gaussian', 'lcc', 'spacing', 'lineage_empty',
                                     'batch_windows')}
     settings.update(list_file=str(dataset.list_file), pattern=pattern, nets=list(nets), stride_xy=stride_xy,
                     stride_z=stride_z, device=str(device), torch=torch.__version__)

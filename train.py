@@ -23,11 +23,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataloaders import (Compose, H5Dataset, IterationBatchSampler, LabeledBatchSampler,
-                         RandomCrop, RandomRotFlip, ToTensor, TwoStreamBatchSampler)
-from losses import (confident_disagreement, cosine_consistency_loss, cps_loss, cross_pseudo_label,
-                    mutual_correction_loss, prototype_contrastive_loss, softmax_mse_loss, supervised_loss,
-                    urps_loss)
+from dataloaders import (NORMALIZE_MODES, Compose, H5Dataset, IterationBatchSampler, LabeledBatchSampler,
+                         NormalizeIntensity, RandomCrop, RandomRotFlip, RandomScaleIntensity, ToTensor,
+                         TwoStreamBatchSampler)
+from losses import (FILTER_MODES, confident_disagreement, cosine_consistency_loss, cps_dice_loss, cps_loss,
+                    cross_pseudo_label, mutual_correction_loss, prototype_contrastive_loss, softmax_mse_loss,
+                    supervised_loss, urps_loss)
 from networks import ResNet34VNet, VNet
 from utils.checkpoint import save_checkpoint
 from utils.cli import OneLineParser, run_cli
@@ -42,14 +43,15 @@ from utils.signals import StopSignals
 
 # Settings that define a run: a checkpoint only resumes a run with the same ones.
 RUN_KEYS = ('dataset', 'method', 'labelnum', 'max_iterations', 'batch_size', 'labeled_bs', 'base_lr',
-            'lr_step', 'seed', 'patch_size', 'n_filters', 'num_classes', 'rotflip', 'rampup', 'alpha_mc',
-            'lambda_reg', 'lambda_urps', 'lambda_cps', 'lambda_con', 'uncertain_percent', 'conf_thresh',
-            'contrast_tau', 'contrast_samples', 'ema_decay', 'consistency')
+            'lr_step', 'seed', 'patch_size', 'n_filters', 'num_classes', 'normalize', 'intensity_scale', 'rotflip',
+            'rampup', 'alpha_mc', 'lambda_reg', 'lambda_urps', 'lambda_cps', 'lambda_con', 'uncertain_percent',
+            'filter', 'anneal_uncertain', 'cps_dice', 'conf_thresh', 'contrast_tau', 'contrast_samples',
+            'ema_decay', 'consistency')
 
 # The per-iteration CSV columns of each method.
 COLUMNS = {
     'dual': ['lr', 'loss', 'sup_a', 'sup_b', 'dice_a', 'dice_b', 'winner', 'mc_a', 'mc_b', 'reg', 'urps',
-             'cps_a', 'cps_b', 'con', 'lambda_con', 'reliable'],
+             'cps_a', 'cps_b', 'con', 'lambda_con', 'uncertain_percent', 'reliable', 'pseudo_fg', 'reliable_fg'],
     'mt': ['lr', 'loss', 'sup', 'dice', 'consistency', 'consistency_weight'],
     'sup': ['lr', 'loss', 'sup', 'dice'],
 }
@@ -66,6 +68,10 @@ def parse_args(argv=None):
     p.add_argument('--deterministic', type=int, default=1, choices=[0, 1])
     p.add_argument('--num_workers', type=int, default=2)
     p.add_argument('--rotflip', action='store_true', help="add the lineage's RandomRotFlip augmentation")
+    p.add_argument('--normalize', choices=NORMALIZE_MODES, default='zscore',
+                   help='per-volume intensity normalisation at load, also applied by test.py (none: as stored)')
+    p.add_argument('--intensity_scale', type=float, default=1.0,
+                   help='augmentation: multiply each sample by s, log-uniform in [1/x, x] (1: off)')
     p.add_argument('--rampup', type=int, default=None, help='ramp-up length in iterations (T)')
     g = p.add_argument_group('loss weights (0 turns a term off)')
     g.add_argument('--alpha_mc', type=float, default=0.5, help='mutual correction on labeled data')
@@ -73,7 +79,13 @@ def parse_args(argv=None):
     g.add_argument('--lambda_urps', type=float, default=1.0, help='uncertainty-rectified pseudo supervision')
     g.add_argument('--lambda_cps', type=float, default=1.0, help='entropy-filtered cross pseudo-labels')
     g.add_argument('--lambda_con', type=float, default=0.1, help='prototype contrastive (ramped)')
-    g.add_argument('--uncertain_percent', type=float, default=20.0)
+    g.add_argument('--uncertain_percent', type=float, default=20.0, help='L_cps: share of uncertain voxels')
+    g.add_argument('--filter', choices=FILTER_MODES, default='classwise',
+                   help='L_cps entropy filter: percentile over the batch (global, the paper\'s), per predicted '
+                        'class (classwise), or none')
+    g.add_argument('--anneal_uncertain', action='store_true',
+                   help='L_cps: the uncertain share decays linearly to 0 over the run (U2PL)')
+    g.add_argument('--cps_dice', action='store_true', help='L_cps: add a soft Dice against yhat over R')
     g.add_argument('--conf_thresh', type=float, default=0.6)
     g.add_argument('--contrast_tau', type=float, default=0.1)
     g.add_argument('--contrast_samples', type=int, default=2048)
@@ -87,6 +99,8 @@ def parse_args(argv=None):
     g.add_argument('--val_list', default=None, help='list file for periodic validation (never the test list)')
     g.add_argument('--val_every', type=int, default=0, help='validation period in iterations (0: off)')
     g.add_argument('--amp', action='store_true', help='mixed precision (CUDA only)')
+    g.add_argument('--channels_last', action='store_true',
+                   help='channels_last_3d memory format for networks and inputs (faster 3D convolutions on CPU)')
     g.add_argument('--sync_bn', action='store_true', help='SyncBatchNorm under torchrun (default: per-GPU BN)')
     g.add_argument('--trace_samples', action='store_true', help='each rank records the samples it trains on')
     args = p.parse_args(argv)
@@ -102,6 +116,8 @@ def check_config(cfg, num_cases, world_size=1):
     for name in ('max_iterations', 'batch_size', 'lr_step', 'save_every', 'log_every', 'contrast_samples'):
         if cfg[name] < 1:
             raise SystemExit(f'error: --{name} {cfg[name]} must be at least 1')
+    if not cfg['intensity_scale'] >= 1:
+        raise SystemExit(f'error: --intensity_scale {cfg["intensity_scale"]} must be at least 1 (1: off)')
     for name in ('num_workers', 'rampup', 'val_every', 'base_lr', 'alpha_mc', 'lambda_reg', 'lambda_urps',
                  'lambda_cps', 'lambda_con', 'consistency', 'contrast_tau'):
         if not cfg[name] >= 0:  # also refuses NaN
@@ -185,12 +201,16 @@ def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
 
     # 6. entropy-filtered cross pseudo-labels on the unlabeled part (term 7 uses them too)
     pseudo = reliable = None
+    uncertain = cfg['uncertain_percent'] * (1 - it / cfg['max_iterations'] if cfg['anneal_uncertain'] else 1)
     if cfg['lambda_cps'] > 0 or cfg['lambda_con'] > 0:
-        pseudo, reliable = cross_pseudo_label(prob_a[lb:], prob_b[lb:], cfg['uncertain_percent'])
+        pseudo, reliable = cross_pseudo_label(prob_a[lb:], prob_b[lb:], uncertain, cfg['filter'])
     cps_a = cps_b = zero
     if cfg['lambda_cps'] > 0:
         cps_a = cps_loss(logits_a[lb:], pseudo, reliable)
         cps_b = cps_loss(logits_b[lb:], pseudo, reliable)
+        if cfg['cps_dice']:
+            cps_a = cps_a + cps_dice_loss(prob_a[lb:], pseudo, reliable)
+            cps_b = cps_b + cps_dice_loss(prob_b[lb:], pseudo, reliable)
 
     # 7. prototype contrast on the loser's features, ramped in over the run
     lambda_c = cfg['lambda_con'] * sigmoid_rampup(it, cfg['rampup'])
@@ -204,9 +224,13 @@ def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
     total = (sup_a + sup_b + cfg['alpha_mc'] * (mc_a + mc_b) + cfg['lambda_cps'] * (cps_a + cps_b)
              + cfg['lambda_reg'] * reg + cfg['lambda_urps'] * urps + lambda_c * con)
     record = dict(loss=total, sup_a=sup_a, sup_b=sup_b, dice_a=dice_a, dice_b=dice_b, mc_a=mc_a, mc_b=mc_b,
-                  reg=reg, urps=urps, cps_a=cps_a, cps_b=cps_b, con=con,
-                  reliable=reliable.float().mean() if reliable is not None else zero)
-    return total, record, {'winner': 'A' if a_wins else 'B', 'lambda_con': lambda_c}
+                  reg=reg, urps=urps, cps_a=cps_a, cps_b=cps_b, con=con, reliable=zero, pseudo_fg=zero,
+                  reliable_fg=zero)
+    if reliable is not None:  # is R the class mix of yhat? (a filter can starve R of foreground)
+        fg = pseudo > 0
+        record.update(reliable=reliable.float().mean(), pseudo_fg=fg.float().mean(),
+                      reliable_fg=(fg & reliable).sum() / reliable.sum().clamp_min(1))
+    return total, record, {'winner': 'A' if a_wins else 'B', 'lambda_con': lambda_c, 'uncertain_percent': uncertain}
 
 
 def mt_losses(student_out, teacher_logits, label, cfg, it):
@@ -267,11 +291,14 @@ def main(argv=None):
         make_synthetic_dataset(cfg['root_path'], num_classes=cfg['num_classes'])
     if world_size > 1:
         dist.barrier()
-    transform = Compose(([RandomRotFlip()] if cfg['rotflip'] else [])
+    normalize = NormalizeIntensity(cfg['normalize'])  # test.py applies the same to every volume it reads
+    transform = Compose([normalize] + ([RandomScaleIntensity(cfg['intensity_scale'])] if cfg['intensity_scale'] > 1
+                                       else []) + ([RandomRotFlip()] if cfg['rotflip'] else [])
                         + [RandomCrop(cfg['patch_size']), ToTensor()])
     train_set = build_dataset(cfg, transform=transform)
     check_config(cfg, len(train_set), world_size)
-    val_set = build_dataset(cfg, list_file=cfg['val_list']) if cfg['val_list'] and cfg['val_every'] > 0 else None
+    val_set = (build_dataset(cfg, list_file=cfg['val_list'], transform=normalize)
+               if cfg['val_list'] and cfg['val_every'] > 0 else None)
     if is_main:  # read every case once: a bad file stops us here, not hours into training
         for dataset in (train_set, val_set):
             if dataset is not None:
@@ -289,6 +316,9 @@ def main(argv=None):
 
     # --- networks and optimisers: one SGD per network; the same initial weights on every rank ---
     nets = build_networks(cfg, device)
+    memory_format = torch.channels_last_3d if cfg['channels_last'] else torch.contiguous_format
+    for net in nets.values():
+        net.to(memory_format=memory_format)
     torch.manual_seed(cfg['seed'] + rank)  # but each rank its own dropout masks
     trained = [n for n in ('net_a', 'net_b') if n in nets]
     optimizers = {n: torch.optim.SGD(nets[n].parameters(), lr=cfg['base_lr'], momentum=0.9, weight_decay=1e-4)
@@ -355,7 +385,7 @@ def main(argv=None):
             for opt in optimizers.values():
                 for group in opt.param_groups:
                     group['lr'] = lr
-            image = batch['image'].to(device, non_blocking=True)
+            image = batch['image'].to(device, non_blocking=True).contiguous(memory_format=memory_format)
             label = batch['label'].to(device, non_blocking=True)
             generator = step_generator(cfg['seed'] + rank, it, device)
             if trace:

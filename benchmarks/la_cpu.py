@@ -5,16 +5,21 @@
 
 Resamples every volume (image linear, label nearest neighbour; cached), trains sup, pair-sup (dual with
 every unsupervised weight 0), mt and dual with the same labeled volumes and iteration budget through
-train.py, evaluates each final checkpoint through test.py, and prints one table with the paired per-case
-Dice difference of dual against each baseline. Development split (the default): first --labelnum ids of
-train.list labeled, the rest of the first 60 unlabeled, ids 61-80 as the test set.
+train.py, evaluates each final checkpoint through test.py (dual runs also with network A alone), and
+prints one table plus, for every dual variant against every baseline, the paired per-case Dice difference
+pooled over case-seed pairs with a 95 % bootstrap interval (cases resampled) and the win count.
+Development split (the default): first --labelnum ids of train.list labeled, the rest of the first 60
+unlabeled, ids 61-80 as the test set. Finished runs are reused, so a stopped study resumes where it was;
+--jobs 2 trains two runs at a time with one thread each.
 """
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -30,7 +35,19 @@ METHODS = {
     'pairsup': ['--method', 'dual', '--alpha_mc', '0', '--lambda_reg', '0', '--lambda_urps', '0',
                 '--lambda_cps', '0', '--lambda_con', '0'],
     'mt': ['--method', 'mt'],
-    'dual': ['--method', 'dual'],
+    'dual': ['--method', 'dual'],  # train.py's defaults
+    # The L_cps filter (global is the paper's; classwise and none are ours)
+    'dual-global': ['--method', 'dual', '--filter', 'global'],
+    'dual-classwise': ['--method', 'dual', '--filter', 'classwise'],
+    'dual-none': ['--method', 'dual', '--filter', 'none'],
+    'dual-anneal': ['--method', 'dual', '--filter', 'classwise', '--anneal_uncertain'],
+    'dual-dice': ['--method', 'dual', '--filter', 'classwise', '--cps_dice'],
+    # what the released code trains in effect: its L_cps and L_con carry no gradient
+    'dual-released': ['--method', 'dual', '--lambda_cps', '0', '--lambda_con', '0'],
+    # the stored intensities, without per-volume normalisation
+    'sup-raw': ['--method', 'sup', '--normalize', 'none'],
+    'mt-raw': ['--method', 'mt', '--normalize', 'none'],
+    'dual-raw': ['--method', 'dual', '--normalize', 'none'],
     # Leave-one-out ablations: which unsupervised term helps or hurts.
     'dual-no-mc': ['--method', 'dual', '--alpha_mc', '0'],
     'dual-no-reg': ['--method', 'dual', '--lambda_reg', '0'],
@@ -74,43 +91,92 @@ def build_cache(args):
     return cache
 
 
-def run(cmd, log_path):
+def flag_settings(flags):
+    """{'method': 'dual', 'filter': 'global', 'anneal_uncertain': True, ...} of a train.py flag list."""
+    settings, i = {}, 0
+    while i < len(flags):
+        has_value = i + 1 < len(flags) and not flags[i + 1].startswith('--')
+        settings[flags[i][2:]] = flags[i + 1] if has_value else True
+        i += 2 if has_value else 1
+    return settings
+
+
+def same(saved, wanted):
+    """A config.json value against a flag's text: 0.0 and '0' agree."""
+    try:
+        return float(saved) == float(wanted)
+    except (TypeError, ValueError):
+        return saved == wanted
+
+
+def run(cmd, log_path, threads):
+    env = {**os.environ, 'OMP_NUM_THREADS': str(threads)}
     with open(log_path, 'w') as log:
-        done = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        done = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     if done.returncode != 0:
         sys.exit(f'error: {" ".join(cmd[:3])} ... failed (exit {done.returncode}); see {log_path}')
 
 
 def train_and_test(method, seed, cache, args):
-    """Train one method with train.py and evaluate its final checkpoint with test.py; returns its rows."""
+    """Train one method with train.py and evaluate its final checkpoint with test.py (dual: also network A
+    alone, into nets_a/); returns ({case: metrics}, train seconds, {case: metrics of A alone} or None)."""
     run_dir = Path(args.out) / f'{method}_seed{seed}'
     common = ['--dataset', 'h5', '--root_path', str(cache), '--pattern', '{id}/mri_norm2.h5',
               '--patch_size', args.patch_size, '--n_filters', str(args.n_filters), '--gpu', args.gpu,
               '--labelnum', str(args.labelnum), '--seed', str(seed), '--snapshot_path', str(run_dir)]
     settings = {'max_iterations': args.iterations, 'n_filters': args.n_filters, 'labelnum': args.labelnum,
                 'lr_step': args.lr_step, 'root_path': str(cache)}
+    flags = METHODS[method]
+    settings.update(flag_settings(flags))
     if (run_dir / 'config.json').is_file():  # a finished run is reused only if it used these settings
         saved = json.loads((run_dir / 'config.json').read_text())
-        stale = {k: saved.get(k) for k, v in settings.items() if saved.get(k) != v}
+        stale = {k: saved.get(k) for k, v in settings.items() if not same(saved.get(k), v)}
         if stale:
             sys.exit(f'error: {run_dir} was trained with {stale}, not {settings}; pass another --out')
     if not (run_dir / 'final.pth').is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        run([sys.executable, 'train.py', *common, *METHODS[method],
+        run([sys.executable, 'train.py', *common, *flags,
              '--max_iterations', str(args.iterations), '--lr_step', str(args.lr_step),
-             '--num_workers', str(args.num_workers), '--save_every', str(args.iterations)],
-            run_dir / 'train_stdout.txt')
+             '--num_workers', str(args.num_workers), '--save_every', str(args.iterations),
+             *(['--channels_last'] if args.channels_last else [])],
+            run_dir / 'train_stdout.txt', args.threads)
         seconds = time.time() - t0
         (run_dir / 'train_seconds.txt').write_text(f'{seconds:.1f}\n')
     else:
         seconds = float((run_dir / 'train_seconds.txt').read_text())
-    if not (run_dir / 'test_summary.json').is_file():
-        run([sys.executable, 'test.py', *common, '--stride_xy', str(args.stride_xy), '--stride_z',
-             str(args.stride_z)], run_dir / 'test_stdout.txt')
-    with open(run_dir / 'test_cases.csv', newline='') as f:
-        rows = {r['case']: {k: float(r[k]) for k in ('dice', 'jaccard', 'hd95', 'asd')} for r in csv.DictReader(f)}
-    return rows, seconds
+    evaluations = [('', [])] + ([('nets_a', ['--nets', 'a'])] if '--method' in flags
+                                and flags[flags.index('--method') + 1] == 'dual' else [])
+    rows = []
+    for sub, extra in evaluations:
+        out_dir = run_dir / sub
+        if not (out_dir / 'test_summary.json').is_file():
+            run([sys.executable, 'test.py', *common, '--stride_xy', str(args.stride_xy), '--stride_z',
+                 str(args.stride_z), '--out_dir', str(out_dir), '--no_progress', *extra],
+                run_dir / f'test_stdout{sub and "_" + sub}.txt', args.threads)
+        rows.append(read_cases(out_dir / 'test_cases.csv'))
+    return rows[0], seconds, rows[1] if len(rows) > 1 else None
+
+
+def read_cases(path):
+    with open(path, newline='') as f:
+        return {r['case']: {k: float(r[k]) for k in ('dice', 'jaccard', 'hd95', 'asd')} for r in csv.DictReader(f)}
+
+
+def paired_difference(runs_x, runs_y, n_boot=10000, seed=0):
+    """Paired Dice difference x - y in points, pooled over case-seed pairs.
+
+    runs_x, runs_y: one {case: metrics} per seed, same cases. Returns (mean, (low, high), wins, pairs): the
+    95 % interval resamples cases with replacement (each case keeps all its seeds, since a hard case is
+    hard for every seed), wins counts pairs where x is higher.
+    """
+    cases = sorted(runs_x[0])
+    diff = 100 * np.array([[rx[c]['dice'] - ry[c]['dice'] for c in cases] for rx, ry in zip(runs_x, runs_y)])
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(cases), size=(n_boot, len(cases)))
+    boot = diff[:, picks].mean(axis=(0, 2))
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return float(diff.mean()), (float(low), float(high)), int((diff > 0).sum()), diff.size
 
 
 def mean_std(values):
@@ -134,6 +200,9 @@ def main():
     p.add_argument('--methods', default='sup,pairsup,mt,dual', help=f'comma list of {sorted(METHODS)}')
     p.add_argument('--seeds', default='1337', help='comma list; mean ± std over seeds is reported')
     p.add_argument('--num_workers', type=int, default=1)
+    p.add_argument('--jobs', type=int, default=1, help='runs trained at the same time')
+    p.add_argument('--threads', type=int, default=None, help='torch threads per run (default: cores / jobs)')
+    p.add_argument('--channels_last', action='store_true', help="train.py's --channels_last (faster on CPU)")
     p.add_argument('--gpu', default='-1')
     p.add_argument('--cache', default=str(ROOT / 'benchmarks' / 'cache'))
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'cache' / 'la_cpu_runs'))
@@ -144,13 +213,21 @@ def main():
     if unknown:
         sys.exit(f'error: --methods: unknown {unknown}; choose from {sorted(METHODS)}')
     seeds = [int(s) for s in args.seeds.split(',')]
+    args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
 
     cache = build_cache(args)
-    results = {}
-    for seed in seeds:
-        for method in methods:
-            print(f'[{time.strftime("%H:%M:%S")}] {method} seed {seed} ...', flush=True)
-            results[method, seed] = train_and_test(method, seed, cache, args)
+
+    def one(key):
+        method, seed = key
+        print(f'[{time.strftime("%H:%M:%S")}] {method} seed {seed} ...', flush=True)
+        return key, train_and_test(method, seed, cache, args)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # threads only wait on subprocesses
+        results = dict(pool.map(one, [(m, sd) for sd in seeds for m in methods]))
+    for method in [m for m in methods if results[m, seeds[0]][2] is not None]:
+        for sd in seeds:  # network A alone, as one more row
+            results[method + ' (A)', sd] = (results[method, sd][2], results[method, sd][1], None)
+        methods.append(method + ' (A)')
 
     print(f'\nLA at scale {args.scale}, patch {args.patch_size}, {args.iterations} iterations, '
           f'n_filters {args.n_filters}, {args.labelnum} labeled, seeds {seeds}')
@@ -171,17 +248,21 @@ def main():
         summary[method]['train_minutes'] = minutes
         print(f'| {method} | ' + ' | '.join(cells) + f' | {minutes:.1f} |')
 
-    if 'dual' in methods:
-        print('\nPaired per-case Dice difference, dual minus baseline (percentage points, all seeds pooled):')
-        for method in methods:
-            if method == 'dual':
-                continue
-            diffs = [100 * (results['dual', sd][0][c]['dice'] - results[method, sd][0][c]['dice'])
-                     for sd in seeds for c in results['dual', sd][0]]
-            better = sum(d > 0 for d in diffs)
-            print(f'  vs {method}: mean {np.mean(diffs):+.2f}, dual better in {better} of {len(diffs)} cases')
-            summary[method]['dual_minus'] = float(np.mean(diffs))
-            summary[method]['dual_better'] = f'{better}/{len(diffs)}'
+    # every dual variant against every baseline (network A alone: against the V-Net trained alone), and
+    # every method against its run on the stored intensities
+    pairs = [(m, b) for m in methods if m.startswith('dual') and not m.endswith('-raw')
+             for b in ('sup', 'pairsup', 'mt') if b in methods and (b == 'sup' or not m.endswith('(A)'))]
+    pairs += [(m[:-len('-raw')], m) for m in methods if m.endswith('-raw') and m[:-len('-raw')] in methods]
+    if pairs:
+        print('\nPaired per-case Dice difference, first minus second (points; case-seed pairs pooled; '
+              '95 % bootstrap interval over cases):')
+        print('| method | against | difference | 95 % interval | first better |')
+        print('|---|---|---|---|---|')
+        for method, base in pairs:
+            mean, (low, high), wins, n = paired_difference([results[method, sd][0] for sd in seeds],
+                                                           [results[base, sd][0] for sd in seeds])
+            print(f'| {method} | {base} | {mean:+.2f} | [{low:+.2f}, {high:+.2f}] | {wins}/{n} |')
+            summary[method][f'minus_{base}'] = {'mean': mean, 'ci95': [low, high], 'wins': wins, 'pairs': n}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / 'summary.json').write_text(json.dumps({'args': vars(args), 'results': summary}, indent=2))
 

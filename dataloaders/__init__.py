@@ -5,4 +5,5 @@ and `python -m dataloaders.preprocess_la`; importing them here would make that r
 """
 from .datasets import DatasetError, H5Dataset, LAHeart, read_case, read_list, validate_case
 from .samplers import IterationBatchSampler, LabeledBatchSampler, TwoStreamBatchSampler
-from .transforms import CenterCrop, Compose, RandomCrop, RandomNoise, RandomRotFlip, ToTensor
+from .transforms import (NORMALIZE_MODES, CenterCrop, Compose, NormalizeIntensity, RandomCrop, RandomNoise,
+                         RandomRotFlip, RandomScaleIntensity, ToTensor, normalize_intensity)

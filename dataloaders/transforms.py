@@ -77,6 +77,53 @@ class RandomRotFlip:
         return out
 
 
+NORMALIZE_MODES = ('none', 'zscore')
+
+
+def normalize_intensity(image, mode):
+    """'zscore': (image - mean) / std over the whole volume (std floored at 1e-8); 'none': image as stored.
+
+    Why: the lineage z-scored each raw scan over its full field of view and then cropped around the
+    atrium, so stored LA crops differ about 5x in scale; re-z-scoring the stored volume removes that.
+    image: numpy (X,Y,Z). Returns float32.
+    """
+    if mode not in NORMALIZE_MODES:
+        raise ValueError(f'normalize mode must be one of {NORMALIZE_MODES}, got {mode!r}')
+    image = np.asarray(image, dtype=np.float32)
+    if mode == 'none':
+        return image
+    mean, std = image.mean(dtype=np.float64), image.std(dtype=np.float64)
+    return ((image - mean) / max(std, 1e-8)).astype(np.float32)
+
+
+class NormalizeIntensity:
+    """normalize_intensity on the whole stored volume; put it first, before any crop."""
+
+    def __init__(self, mode='zscore'):
+        normalize_intensity(np.zeros(1), mode)  # refuse an unknown mode now, not in a worker
+        self.mode = mode
+
+    def __call__(self, sample, rng=None):
+        return {**sample, 'image': normalize_intensity(sample['image'], self.mode)}
+
+    def __repr__(self):
+        return f'NormalizeIntensity({self.mode!r})'
+
+
+class RandomScaleIntensity:
+    """image * s with log(s) uniform in [-log(max_scale), log(max_scale)]: robustness to scan scale."""
+
+    def __init__(self, max_scale=2.0):
+        if not max_scale >= 1:
+            raise ValueError(f'max_scale must be at least 1, got {max_scale}')
+        self.max_scale = float(max_scale)
+
+    def __call__(self, sample, rng=None):
+        rng = np.random.default_rng() if rng is None else rng
+        scale = np.exp(rng.uniform(-np.log(self.max_scale), np.log(self.max_scale)))
+        return {**sample, 'image': (sample['image'] * scale).astype(np.float32)}
+
+
 class RandomNoise:
     """image + clip(N(0, sigma^2), -2 sigma, 2 sigma) + mu, per voxel; the label is untouched."""
 

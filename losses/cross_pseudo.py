@@ -4,6 +4,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .supervised import dice_loss
+
 
 def percentile(values, q):
     """q-th percentile of all elements, as numpy.percentile(values, q) (linear).
@@ -35,14 +37,40 @@ def entropy(prob):
     return -torch.xlogy(prob, prob).sum(dim=1)
 
 
+FILTER_MODES = ('global', 'classwise', 'none')
+
+
+def uncertain_mask(ent, arg, uncertain_percent, filter_mode='global', num_classes=2, min_class_voxels=64):
+    """u = H >= percentile(H, 100 - uncertain_percent), over one network's unlabeled batch.
+
+    global: one percentile over every voxel. classwise: one percentile per predicted class c, over the
+    voxels with argmax == c, so each class loses the same share; a class predicted on fewer than
+    min_class_voxels voxels is left unfiltered (its percentile would be noise). none, or
+    uncertain_percent == 0: no voxel is uncertain (the >= rule would still flag the maximum).
+    ent: (B, ...) entropies; arg: (B, ...) argmax of the same network. Returns bool (B, ...).
+    """
+    if filter_mode not in FILTER_MODES:
+        raise ValueError(f'filter_mode must be one of {FILTER_MODES}, got {filter_mode!r}')
+    uncertain = torch.zeros_like(arg, dtype=torch.bool)
+    if filter_mode == 'none' or uncertain_percent == 0 or ent.numel() == 0:
+        return uncertain
+    if filter_mode == 'global':
+        return ent >= percentile(ent, 100 - uncertain_percent)
+    for c in range(num_classes):
+        members = arg == c
+        if int(members.sum()) >= min_class_voxels:
+            uncertain |= members & (ent >= percentile(ent[members], 100 - uncertain_percent))
+    return uncertain
+
+
 @torch.no_grad()
-def cross_pseudo_label(prob_a, prob_b, uncertain_percent=20):
+def cross_pseudo_label(prob_a, prob_b, uncertain_percent=20, filter_mode='global'):
     """Union pseudo-label yhat and reliability mask R of the unlabeled batch.
 
     Binary (C == 2): yhat = (argmax p_A) OR (argmax p_B);
     multi-class: yhat = argmax_c (p_A + p_B) / 2.
-    u_k = H_k >= percentile(H_k over the whole batch, 100 - uncertain_percent),
-    with H_k the entropy of p_k; uncertain_percent = 0 marks no voxel uncertain.
+    u_k = uncertain_mask(H_k, argmax p_k, ...) with H_k the entropy of p_k: the top uncertain_percent of
+    H_k over the whole batch (global), or within each class network k predicts (classwise), or none.
     R = (~u_A & argmax p_A == yhat) | (~u_B & argmax p_B == yhat).
 
     prob_a, prob_b: (B, C, X, Y, Z) probabilities (read without gradient).
@@ -59,12 +87,8 @@ def cross_pseudo_label(prob_a, prob_b, uncertain_percent=20):
         pseudo_label = (prob_a + prob_b).max(dim=1).indices  # argmax of the mean
     reliable = torch.zeros_like(pseudo_label, dtype=torch.bool)
     for arg, prob in ((arg_a, prob_a), (arg_b, prob_b)):
-        certain = torch.ones_like(reliable)
-        if uncertain_percent > 0 and reliable.numel() > 0:
-            # at 0 the >= rule would still flag the maximum; 0% means none
-            ent = entropy(prob)
-            certain = ent < percentile(ent, 100 - uncertain_percent)
-        reliable |= certain & (arg == pseudo_label)
+        uncertain = uncertain_mask(entropy(prob), arg, uncertain_percent, filter_mode, prob.shape[1])
+        reliable |= ~uncertain & (arg == pseudo_label)
     return pseudo_label, reliable
 
 
@@ -77,3 +101,17 @@ def cps_loss(logits, pseudo_label, reliable):
     ce = F.cross_entropy(logits, pseudo_label.detach(), reduction='none')
     weight = reliable.detach().to(ce.dtype)
     return (ce * weight).sum() / weight.sum().clamp_min(1)
+
+
+def cps_dice_loss(prob, pseudo_label, reliable):
+    """Soft Dice of p against yhat over R, mean over foreground classes (optional beside L_cps).
+
+    loss = mean_{c>=1} dice_loss(p_c[R], yhat[R] == c). Unlike the voxel-mean CE, it weighs the
+    foreground by its overlap, not by its voxel count. prob: (B, C, X, Y, Z); pseudo_label:
+    (B, X, Y, Z) int64; reliable: (B, X, Y, Z) bool. 0 (on the graph) when R is empty.
+    """
+    keep = reliable.detach()
+    target = pseudo_label.detach()[keep]
+    n_classes = prob.shape[1]
+    kept = prob.movedim(1, -1)[keep]  # (|R|, C)
+    return sum(dice_loss(kept[:, c], target == c) for c in range(1, n_classes)) / (n_classes - 1)

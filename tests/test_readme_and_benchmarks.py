@@ -80,10 +80,13 @@ def test_la_cpu_benchmark_runs_on_phantoms(phantoms, tmp_path):
                 '--iterations', '2', '--labelnum', '4', '--methods', 'pairsup,dual', '--num_workers', '0',
                 '--cache', str(tmp_path / 'cache'), '--out', str(out)], timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert '| dual |' in done.stdout and 'vs pairsup' in done.stdout
+    assert '| dual |' in done.stdout and '| dual | pairsup |' in done.stdout
     summary = json.loads((out / 'summary.json').read_text())['results']
-    assert set(summary) == {'pairsup', 'dual'}
+    assert set(summary) == {'pairsup', 'dual', 'pairsup (A)', 'dual (A)'}
     assert 0 <= summary['dual']['dice'][0] <= 100
+    low, high = summary['dual']['minus_pairsup']['ci95']
+    assert low <= summary['dual']['minus_pairsup']['mean'] <= high
+    assert (out / 'dual_seed1337' / 'nets_a' / 'test_cases.csv').is_file()
 
     # a finished run is not silently reused for other settings
     again = run([sys.executable, 'benchmarks/la_cpu.py', '--la_root', str(phantoms), '--standard', '--scale', '1',
