@@ -152,6 +152,14 @@ def build_dataset(cfg, split='train', list_file=None, transform=None):
                      pattern=cfg['pattern'] or PRESETS[cfg['dataset']]['pattern'], num_classes=cfg['num_classes'])
 
 
+def train_transform(cfg):
+    """Whole-volume normalisation (test.py applies the same to every volume it reads), augmentation, crop."""
+    scale = [RandomScaleIntensity(cfg['intensity_scale'])] if cfg['intensity_scale'] > 1 else []
+    rotflip = [RandomRotFlip()] if cfg['rotflip'] else []
+    return Compose([NormalizeIntensity(cfg['normalize'])] + scale + rotflip
+                   + [RandomCrop(cfg['patch_size']), ToTensor()])
+
+
 def build_networks(cfg, device):
     """dual: A = V-Net, B = ResNet-34 V-Net; sup: a V-Net; mt: a V-Net student and its EMA teacher."""
     kw = dict(n_channels=1, n_classes=cfg['num_classes'], n_filters=cfg['n_filters'],
@@ -291,13 +299,9 @@ def main(argv=None):
         make_synthetic_dataset(cfg['root_path'], num_classes=cfg['num_classes'])
     if world_size > 1:
         dist.barrier()
-    normalize = NormalizeIntensity(cfg['normalize'])  # test.py applies the same to every volume it reads
-    transform = Compose([normalize] + ([RandomScaleIntensity(cfg['intensity_scale'])] if cfg['intensity_scale'] > 1
-                                       else []) + ([RandomRotFlip()] if cfg['rotflip'] else [])
-                        + [RandomCrop(cfg['patch_size']), ToTensor()])
-    train_set = build_dataset(cfg, transform=transform)
+    train_set = build_dataset(cfg, transform=train_transform(cfg))
     check_config(cfg, len(train_set), world_size)
-    val_set = (build_dataset(cfg, list_file=cfg['val_list'], transform=normalize)
+    val_set = (build_dataset(cfg, list_file=cfg['val_list'], transform=NormalizeIntensity(cfg['normalize']))
                if cfg['val_list'] and cfg['val_every'] > 0 else None)
     if is_main:  # read every case once: a bad file stops us here, not hours into training
         for dataset in (train_set, val_set):

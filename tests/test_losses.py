@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import (confident_disagreement, cosine_consistency_loss, cps_loss, cross_pseudo_label,
+from losses import (confident_disagreement, cosine_consistency_loss, cps_dice_loss, cps_loss, cross_pseudo_label,
                     dice_loss, entropy, mutual_correction_loss, percentile, prototype_contrastive_loss,
-                    softmax_mse_loss, supervised_loss, urps_loss)
+                    softmax_mse_loss, supervised_loss, uncertain_mask, urps_loss)
 
 
 # ---------------------------------------------------------------- helpers
@@ -363,6 +363,82 @@ def test_cps_gradcheck_and_full_pipeline():
         assert torch.autograd.gradcheck(lambda z: cps_loss(z, yhat, reliable), (logits_a,))
         cps_loss(logits_a, yhat, reliable).backward()
         assert logits_b.grad is None  # the pseudo-label built from B carries no gradient
+
+
+def imbalanced_field(seed=21, shape=(2, 24, 24, 16)):
+    """A probability pair like LA's: foreground (a ball per volume, about 17 % of the voxels) predicted
+    less surely than the background, and the two networks disagreeing a little."""
+    g = torch.Generator().manual_seed(seed)
+    x, y, z = torch.meshgrid(*(torch.linspace(-1, 1, n) for n in shape[1:]), indexing='ij')
+    fg = ((x ** 2 + y ** 2 + z ** 2) < 0.47).expand(shape)
+    probs = []
+    for _ in range(2):
+        # background logit margins around 4, foreground ones around 1.2: the atrium is the uncertain part
+        margin = torch.where(fg, 1.2, -4.0) + 0.8 * torch.randn(shape, generator=g, dtype=torch.float64)
+        probs.append(torch.stack([torch.sigmoid(-margin), torch.sigmoid(margin)], dim=1))
+    return probs
+
+
+def test_filter_modes_on_an_imbalanced_field():
+    prob_a, prob_b = imbalanced_field()
+    yhat, _ = cross_pseudo_label(prob_a, prob_b, 20, 'none')
+    fg_share = (yhat > 0).double().mean().item()
+    assert 0.14 < fg_share < 0.20
+
+    def fg_in(reliable):
+        return ((yhat > 0) & reliable).sum().item() / reliable.sum().item()
+
+    # global is the rule as it was: identical to the independent numpy reference
+    _, global_r = cross_pseudo_label(prob_a, prob_b, 20, 'global')
+    assert np.array_equal(global_r.numpy(), np_cross_pseudo_label(prob_a.numpy(), prob_b.numpy(), 20)[1])
+    assert fg_in(global_r) < 0.5 * fg_share  # the bias the classwise filter removes
+    # classwise keeps the pseudo-label's class mix within 20 % and still drops voxels
+    _, classwise_r = cross_pseudo_label(prob_a, prob_b, 20, 'classwise')
+    assert abs(fg_in(classwise_r) - fg_share) < 0.2 * fg_share
+    assert 0.5 < classwise_r.double().mean().item() < 0.99
+    # none keeps every voxel
+    assert cross_pseudo_label(prob_a, prob_b, 20, 'none')[1].all()
+    with pytest.raises(ValueError, match='filter_mode'):
+        cross_pseudo_label(prob_a, prob_b, 20, 'lowest')
+
+
+@pytest.mark.parametrize('n_classes', [2, 3])
+def test_classwise_uncertain_mask_matches_numpy(n_classes):
+    prob = rand_prob((2, n_classes, 8, 6, 5), 22)
+    ent, arg = entropy(prob), prob.argmax(1)
+    got = uncertain_mask(ent, arg, 30, 'classwise', n_classes, min_class_voxels=10)
+    h, a = ent.numpy(), arg.numpy()
+    want = np.zeros(h.shape, dtype=bool)
+    for c in range(n_classes):
+        members = a == c
+        if members.sum() >= 10:
+            want |= members & (h >= np.percentile(h[members], 70))
+    assert np.array_equal(got.numpy(), want) and want.any()
+    # a class seen on fewer voxels than min_class_voxels is left alone
+    rare = uncertain_mask(ent, arg, 30, 'classwise', n_classes, min_class_voxels=10 ** 6)
+    assert not rare.any()
+    assert not uncertain_mask(ent, arg, 0, 'classwise', n_classes).any()
+
+
+def test_cps_dice_loss_hand_value_and_edge_cases():
+    prob = binary([0.9, 0.2, 0.6, 0.3]).requires_grad_()
+    yhat = torch.tensor([1, 0, 1, 1]).reshape(1, 4, 1, 1)
+    reliable = torch.tensor([True, True, False, True]).reshape(1, 4, 1, 1)
+    # kept voxels 0, 1, 3: p = (0.9, 0.2, 0.3), y = (1, 0, 1)
+    expected = 1 - (2 * 1.2 + 1e-5) / (0.81 + 0.04 + 0.09 + 2 + 1e-5)
+    loss = cps_dice_loss(prob, yhat, reliable)
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    loss.backward()
+    assert prob.grad[:, :, 2].abs().sum() == 0  # the unreliable voxel gets no gradient
+    fresh = prob.detach().clone().requires_grad_()
+    assert_zero_on_graph(cps_dice_loss(fresh, yhat, torch.zeros_like(reliable)), fresh)
+    # multi-class: the mean over foreground classes, against an independent numpy Dice
+    p3 = rand_prob((2, 3, 3, 2, 2), 23)
+    y3 = p3.argmax(1)
+    r3 = torch.rand(y3.shape, generator=torch.Generator().manual_seed(24)) > 0.3
+    keep = r3.numpy()
+    want = np.mean([np_dice_loss(p3.numpy()[:, c][keep], (y3.numpy() == c)[keep]) for c in (1, 2)])
+    assert cps_dice_loss(p3, y3, r3).item() == pytest.approx(want, rel=1e-10)
 
 
 # ---------------------------------------------------------------- prototype contrastive

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from dataloaders import normalize_intensity
 from dataloaders.synthetic import make_synthetic_dataset
 from networks import ResNet34VNet, VNet
 from utils.checkpoint import CheckpointError
@@ -118,13 +119,14 @@ def check_table_csv_json(stdout, out_dir, units='voxels'):
     return rows, summary
 
 
-def check_rows_against_predictions(rows, phantoms, nets, pred_dir, spacing=None):
+def check_rows_against_predictions(rows, phantoms, nets, pred_dir, spacing=None, normalize='zscore'):
     """Each saved prediction is the sliding window of `nets`; each CSV row is calculate_metric_percase of it."""
     assert [r['case'] for r in rows] == TEST_IDS
     for row in rows:
         image, label = read_case(phantoms, row['case'])
         with h5py.File(pred_dir / f'{row["case"]}.h5', 'r') as f:
             pred, saved_image, saved_label = f['prediction'][()], f['image'][()], f['label'][()]
+        image = normalize_intensity(image, normalize)  # what training fed the networks
         np.testing.assert_array_equal(saved_image, image)
         np.testing.assert_array_equal(saved_label, label)
         want_pred, _ = test_single_case(nets, image, STRIDE, STRIDE, PATCH, 2)
@@ -149,6 +151,7 @@ def test_end_to_end_after_train(trained_run, phantoms):
     assert summary['checkpoint'] == str(trained_run / 'final.pth') and summary['iteration'] == 4
     settings = summary['settings']
     assert (settings['method'], settings['nets'], settings['n_filters']) == ('dual', ['a', 'b'], 2)
+    assert settings['normalize'] == 'zscore'  # the checkpoint's, applied to every volume read
     assert (tuple(settings['patch_size']), settings['stride_xy'], settings['stride_z']) == (PATCH, STRIDE, STRIDE)
     assert summary['wall_seconds'] > 0
     check_rows_against_predictions(rows, phantoms, checkpoint_nets(trained_run / 'final.pth'),
@@ -190,7 +193,8 @@ def test_published_state_dicts_evaluate(phantoms, tmp_path, capsys):
     rows, summary = check_table_csv_json(stdout, out, units='mm')
     assert summary['settings']['nets'] == ['a', 'b']
     assert summary['metrics']['hd95']['n'] > 0  # the distances were really compared
-    check_rows_against_predictions(rows, phantoms, [vnet, resnet], out / 'predictions', spacing=(1, 1, 2))
+    check_rows_against_predictions(rows, phantoms, [vnet, resnet], out / 'predictions', spacing=(1, 1, 2),
+                                   normalize='none')
 
 
 def one_line_error(capsys):
@@ -249,8 +253,8 @@ def test_input_folder_writes_one_label_map_per_volume(trained_run, tmp_path, cap
         maps = {'a': f['label'][()]}
     maps['b'] = np.load(written / 'b_pred.npy')
     _, resnet = checkpoint_nets(trained_run / 'final.pth')
-    for name, image in volumes.items():
-        want, _ = test_single_case(resnet, image, STRIDE, STRIDE, PATCH, 2)
+    for name, image in volumes.items():  # normalised as in training and as test.py's own evaluation
+        want, _ = test_single_case(resnet, normalize_intensity(image, 'zscore'), STRIDE, STRIDE, PATCH, 2)
         np.testing.assert_array_equal(maps[name], want)
     assert not (out / 'test_cases.csv').exists()  # no metrics without labels
 

@@ -15,11 +15,13 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import train
-from dataloaders import Compose, H5Dataset, IterationBatchSampler, RandomCrop, ToTensor, TwoStreamBatchSampler
+from dataloaders import (Compose, H5Dataset, IterationBatchSampler, RandomCrop, ToTensor, TwoStreamBatchSampler,
+                         normalize_intensity)
 from conftest import train_argv
 from losses import supervised_loss
 from networks import ResNet34VNet, VNet
@@ -30,7 +32,7 @@ SEED = 1337
 # What the iterations.csv of each method must hold (written out here, not read from train.py).
 TERMS = {
     'dual': ['lr', 'loss', 'sup_a', 'sup_b', 'dice_a', 'dice_b', 'winner', 'mc_a', 'mc_b', 'reg', 'urps',
-             'cps_a', 'cps_b', 'con', 'lambda_con', 'reliable'],
+             'cps_a', 'cps_b', 'con', 'lambda_con', 'uncertain_percent', 'reliable', 'pseudo_fg', 'reliable_fg'],
     'mt': ['lr', 'loss', 'sup', 'dice', 'consistency', 'consistency_weight'],
     'sup': ['lr', 'loss', 'sup', 'dice'],
 }
@@ -135,7 +137,8 @@ WEIGHTS = ('alpha_mc', 'lambda_reg', 'lambda_urps', 'lambda_cps', 'lambda_con')
 
 def term_cfg(**on):
     cfg = dict(labeled_bs=2, conf_thresh=0.5, uncertain_percent=20, contrast_tau=0.1, contrast_samples=64,
-               rampup=10, **{w: 0.0 for w in WEIGHTS})
+               rampup=10, max_iterations=10, filter='classwise', anneal_uncertain=False, cps_dice=False,
+               **{w: 0.0 for w in WEIGHTS})
     cfg.update(on)
     return cfg
 
@@ -199,6 +202,33 @@ def test_each_term_reaches_exactly_the_networks_method_md_says(tiny_pair, monkey
         assert (record[t] != 0) == (t in on), t  # every term that is on is nonzero here
 
 
+@pytest.mark.parametrize('filter_mode', ['global', 'classwise', 'none'])
+@pytest.mark.parametrize('cps_dice', [False, True])
+def test_cps_variants_reach_exactly_their_own_network(tiny_pair, filter_mode, cps_dice):
+    net_a, net_b, image, label = tiny_pair
+    cfg = term_cfg(lambda_cps=1.0, filter=filter_mode, cps_dice=cps_dice, anneal_uncertain=True)
+    total, record, extra = train.dual_losses(net_a(image), net_b(image), label, cfg, 5, torch.Generator(), 1)
+    assert grads(record['cps_a'], net_a, net_b) == {'A'} and grads(record['cps_b'], net_a, net_b) == {'B'}
+    assert extra['uncertain_percent'] == pytest.approx(10)  # annealed: half way through 10 iterations
+    assert (record['reliable'] == 1) == (filter_mode == 'none')
+    assert 0 < record['pseudo_fg'] < 1 and 0 <= record['reliable_fg'] <= 1
+
+
+def test_training_normalises_each_volume_like_test_py(phantoms):
+    """train.py's samples are crops of normalize_intensity(volume), the function test.py applies too."""
+    cfg = dict(normalize='zscore', intensity_scale=1.0, rotflip=False, patch_size=(16, 16, 16))
+    dataset = H5Dataset(phantoms, transform=train.train_transform(cfg))
+    plain = H5Dataset(phantoms)
+    for index in range(2):
+        raw = plain[index]
+        raw['image'] = 3 * raw['image'] + 5  # a scanner with another scale: normalisation undoes it
+        want = Compose([RandomCrop((16, 16, 16)), ToTensor()])(
+            {**raw, 'image': normalize_intensity(raw['image'], 'zscore')}, np.random.default_rng([7, 0, index]))
+        got = train.train_transform(cfg)(raw, np.random.default_rng([7, 0, index]))
+        assert torch.allclose(got['image'], want['image'], atol=1e-5) and torch.equal(got['label'], want['label'])
+        assert torch.equal(dataset[(index, 7, 0)]['label'], want['label'])
+
+
 LOSS_FUNCTIONS = {'alpha_mc': ['confident_disagreement', 'mutual_correction_loss'],
                   'lambda_reg': ['cosine_consistency_loss'], 'lambda_urps': ['urps_loss'],
                   'lambda_cps': ['cps_loss'], 'lambda_con': ['prototype_contrastive_loss']}
@@ -222,7 +252,8 @@ def test_terms_at_weight_zero_are_not_computed(tiny_pair, monkeypatch, off):
 
 def test_pair_sup_equals_supervised_training_of_both_networks_by_hand(phantoms, tmp_path):
     steps, labelnum = 3, 4
-    train.main(args(phantoms, tmp_path / 'run', *UNSUPERVISED_OFF, max_iterations=steps, labelnum=labelnum))
+    train.main(args(phantoms, tmp_path / 'run', *UNSUPERVISED_OFF, max_iterations=steps, labelnum=labelnum,
+                    normalize='none'))  # the hand loop below reads the volumes as stored
     trained = load(tmp_path / 'run' / 'final.pth')
 
     # the same seeds, the same networks, the same keyed batches, plain SGD on each supervised loss
