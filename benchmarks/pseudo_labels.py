@@ -19,7 +19,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dataloaders import RandomCrop, read_case, read_list  # noqa: E402
+from dataloaders import RandomCrop, normalize_intensity, read_case, read_list  # noqa: E402
 from losses import cross_pseudo_label  # noqa: E402
 from networks import ResNet34VNet, VNet  # noqa: E402
 from utils.checkpoint import load_checkpoint, load_weights  # noqa: E402
@@ -63,6 +63,8 @@ def main(argv=None):
             net.train(not args.eval)
         ids = read_list(Path(args.root_path) / 'train.list')[cfg['labelnum']:]
         cases = [read_case(Path(args.root_path) / args.pattern.format(id=i)) for i in ids]
+        # as training saw them (checkpoints from before --normalize trained on the stored values)
+        cases = [(normalize_intensity(image, cfg.get('normalize', 'none')), label) for image, label in cases]
         patch = cfg['patch_size']
         crop = RandomCrop(patch)
         unlabeled_bs = cfg['batch_size'] - cfg['labeled_bs']
@@ -76,7 +78,7 @@ def main(argv=None):
             image, gt = crop_batch(cases, crop, unlabeled_bs, rng)
             gt = gt > 0
             prob_a, prob_b = (F.softmax(net(image)[0], dim=1) for net in nets)
-            pseudo, reliable = cross_pseudo_label(prob_a, prob_b, cfg['uncertain_percent'])
+            pseudo, reliable = cross_pseudo_label(prob_a, prob_b, cfg['uncertain_percent'], cfg.get('filter', 'global'))
             arg_a, arg_b, yhat = prob_a.argmax(1) > 0, prob_b.argmax(1) > 0, pseudo > 0
             # the winner is picked on labeled data in training; here: the one closer to the truth
             stats['A'].append(dice(arg_a, gt))
