@@ -84,3 +84,36 @@ def test_missing_root_and_list_are_one_line(tmp_path, good_folder, capsys):
     (good_folder / 'train.list').write_text('good1\ngood2\n')
     code, lines = lines_of('--root_path', good_folder)
     assert code == 0 and lines[0].startswith('2 cases OK')
+
+
+def test_stats_flag_the_case_scaled_down_4x_and_png_writes_one_picture_per_case(tmp_path, capsys):
+    plt_image = pytest.importorskip('matplotlib.image')
+    from dataloaders.check import main
+    base = np.random.default_rng(0).standard_normal((8, 8, 8)).astype(np.float32)
+    # scales within 2x of the median case's (1.0) pass; the one 4x smaller is flagged
+    scales = {'a1': 1.0, 'a2': 0.7, 'a3': 1.1, 'a4': 1.8, 'quiet': 0.25}
+    ids = list(scales)
+    for case_id, scale in scales.items():
+        write_case(tmp_path, case_id, base * scale, (base > 0).astype(np.uint8))
+    (tmp_path / 'train.list').write_text('\n'.join(ids) + '\n')
+    code = main(['--root_path', str(tmp_path), '--stats', '--png', str(tmp_path / 'pictures')])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    warnings = [line for line in lines if line.startswith('warning:')]
+    assert len(warnings) == 1 and warnings[0].startswith('warning: case quiet: ') and '4.0x smaller' in warnings[0]
+    table = {line.split()[0]: line.split()[1:] for line in lines[1:len(ids) + 1]}
+    assert lines[0].split() == ['case', 'mean', 'std', 'p1', 'p50', 'p99', 'scale'] and list(table) == ids
+    assert float(table['quiet'][1]) == pytest.approx(0.25 * float(table['a1'][1]), abs=2e-3)  # std
+    pictures = sorted((tmp_path / 'pictures').iterdir())
+    assert [p.name for p in pictures] == sorted(f'{i}.png' for i in ids)
+    for path in pictures:
+        assert plt_image.imread(path).shape == (440, 1200, 4)
+
+
+def test_png_without_matplotlib_is_one_line(good_folder, monkeypatch, capsys):
+    from dataloaders.check import main
+    monkeypatch.setitem(sys.modules, 'matplotlib.figure', None)  # as if matplotlib were not installed
+    with pytest.raises(SystemExit) as stop:
+        main(['--root_path', str(good_folder), '--png', str(good_folder / 'pictures')])
+    assert stop.value.code == 'error: --png needs the package matplotlib: pip install matplotlib'
+    assert not (good_folder / 'pictures').exists()

@@ -1,0 +1,108 @@
+"""Pictures of a 3-D case: three orthogonal slices of the image, with label and prediction outlined.
+
+    python -m dataloaders.check --root_path data/LA --png pictures/     # the data before training
+    python test.py --labelnum 8 --save_png                              # each test case after
+
+The packages that draw are optional: optional_import loads one when a picture is asked for and turns
+its absence into one line naming the package, so the data pipeline and training run without them.
+"""
+import importlib
+
+import numpy as np
+
+# Outline colours on a grey image: cyan and orange stay apart for the common colour-vision deficiencies.
+TRUTH_COLOR = '#00d8ff'
+PREDICTION_COLOR = '#ff8c00'
+# (title, axis held fixed) of each panel, left to right.
+VIEWS = (('axial', 2), ('coronal', 1), ('sagittal', 0))
+AXIS_NAMES = 'xyz'
+FIGURE_SIZE = (12.0, 4.4)  # inches; at DPI the PNG is 1200 x 440 pixels
+DPI = 100
+
+
+def optional_import(module, flag, package):
+    """Import `module`; when it (or what it needs) is missing, exit with one line naming the package."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise SystemExit(f'error: {flag} needs the package {package}: pip install {package}') from None
+
+
+def mask_centre(mask):
+    """Voxel index (x, y, z) of the centre of mass of mask != 0, rounded; None when the mask is empty."""
+    mask = np.asarray(mask) != 0
+    if not mask.any():
+        return None
+    centre = []
+    for axis in range(3):
+        profile = mask.sum(axis=tuple(a for a in range(3) if a != axis))
+        centre.append(int(round(float((profile * np.arange(len(profile))).sum() / profile.sum()))))
+    return tuple(centre)
+
+
+def slice_centre(shape, *masks):
+    """Centre of the first non-empty mask (label, then prediction), else the middle of the volume."""
+    for mask in masks:
+        if mask is not None:
+            centre = mask_centre(mask)
+            if centre is not None:
+                return centre
+    return tuple(n // 2 for n in shape)
+
+
+def view(volume, axis, index):
+    """The slice of `volume` (X, Y, Z) at `index` along `axis`, as rows x columns of a picture (row 0 at the top).
+
+    Axial slices show x across and y down; coronal and sagittal ones show x or y across and z up.
+    """
+    plane = np.take(np.asarray(volume), index, axis=axis)
+    return plane.T if axis == 2 else plane.T[::-1]
+
+
+def grey_window(image):
+    """(low, high) grey levels: the 1st and 99th percentiles, so a few bright voxels do not wash out the rest."""
+    low, high = np.percentile(image, [1, 99])
+    return float(low), float(max(high, low + 1e-6))
+
+
+def draw_outlines(ax, mask, color):
+    """Outline each foreground class of a 2-D label slice (classes side by side share a border line)."""
+    for c in np.unique(mask):
+        if c != 0:
+            ax.contour((mask == c).astype(np.float32), levels=[0.5], colors=[color], linewidths=1.3)
+
+
+def save_case_png(path, image, label=None, pred=None, title='', spacing=None, flag='--png'):
+    """Write one PNG of three orthogonal slices through the label's centre (the prediction's when the label
+    is empty or absent, the volume's middle when both are), image in grey, label and prediction outlined.
+
+    image, label, pred: (X, Y, Z) arrays, label and pred optional; spacing: (x, y, z) voxel size for the
+    aspect ratio (isotropic when None); flag names the option in the error when matplotlib is missing.
+    """
+    figure = optional_import('matplotlib.figure', flag, 'matplotlib')
+    lines = optional_import('matplotlib.lines', flag, 'matplotlib')
+    image = np.asarray(image, dtype=np.float32)
+    centre = slice_centre(image.shape, label, pred)
+    spacing = (1.0, 1.0, 1.0) if spacing is None else tuple(spacing)
+    low, high = grey_window(image)
+    fig = figure.Figure(figsize=FIGURE_SIZE, dpi=DPI, layout='constrained')
+    axes = fig.subplots(1, 3)
+    for ax, (name, axis) in zip(axes, VIEWS):
+        across, down = [a for a in range(3) if a != axis]
+        ax.imshow(view(image, axis, centre[axis]), cmap='gray', vmin=low, vmax=high, interpolation='nearest',
+                  aspect=spacing[down] / spacing[across])
+        for mask, color in ((label, TRUTH_COLOR), (pred, PREDICTION_COLOR)):
+            if mask is not None:
+                draw_outlines(ax, view(mask, axis, centre[axis]), color)
+        ax.set_title(f'{name}, {AXIS_NAMES[axis]} = {centre[axis]}', fontsize=11)
+        ax.set_xlabel(AXIS_NAMES[across])
+        ax.set_ylabel(AXIS_NAMES[down])
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [lines.Line2D([], [], color=color, linewidth=2, label=name)
+               for mask, color, name in ((label, TRUTH_COLOR, 'label'), (pred, PREDICTION_COLOR, 'prediction'))
+               if mask is not None]
+    if handles:
+        fig.legend(handles=handles, loc='outside lower center', ncols=len(handles), frameon=False, fontsize=11)
+    fig.suptitle(title, fontsize=13)
+    fig.savefig(path, dpi=DPI)
