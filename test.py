@@ -25,11 +25,12 @@ import torch
 from tqdm import tqdm
 
 from dataloaders import NORMALIZE_MODES, DatasetError, H5Dataset, NormalizeIntensity, normalize_intensity
+from dataloaders.pictures import optional_import, save_case_png
 from networks import ResNet34VNet, VNet
 from utils.checkpoint import CheckpointError, load_checkpoint, load_weights
 from utils.config import PRESETS, add_common_args, resolve, select_device
 from utils.inference import gaussian_weight, keep_largest_components, overlap_strides, test_all_case, test_single_case
-from utils.metrics import METRICS, summarize
+from utils.metrics import METRICS, calculate_metric_percase, summarize
 
 # Settings a project checkpoint fixes (its weights only fit these) ...
 ARCH_KEYS = ('n_filters', 'num_classes')
@@ -102,6 +103,9 @@ def build_parser():
     g = p.add_argument_group('output')
     g.add_argument('--out_dir', default=None, help='default: the run folder (the checkpoint\'s folder)')
     g.add_argument('--save_pred', action='store_true', help='write prediction, image and label of every case')
+    g.add_argument('--save_png', action='store_true',
+                   help='one PNG per case in pictures/ (pictures_input/ with --input): three slices through the '
+                        'label\'s centre, label and prediction outlined, Dice in the title (needs matplotlib)')
     fmt = g.add_mutually_exclusive_group()
     fmt.add_argument('--nifti', action='store_true',
                      help='--save_pred and --input write .nii.gz (needs nibabel; --save_pred\'s default when found)')
@@ -348,6 +352,35 @@ class PredictionWriter:
                 f.attrs['case'] = str(case_id)
 
 
+class PictureWriter:
+    """save_fn for test_all_case: <case id>.png with the label and prediction outlined and the Dice in its title."""
+
+    def __init__(self, folder, spacing):
+        self.folder, self.spacing = Path(folder), spacing
+        self.names = UniqueNames()
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, case_id, pred, image, label, score=None):
+        """label None (a volume of --input): the prediction alone, no Dice."""
+        if label is None:
+            title = f'{case_id} (no label)'
+        else:
+            title = f'{case_id}: Dice {100 * calculate_metric_percase(pred, label)[0]:.1f} %'
+        path = self.folder / (self.names(str(case_id), '.png') + '.png')
+        save_case_png(path, image, label, pred, title, self.spacing, flag='--save_png')
+
+
+def each(savers):
+    """One save_fn that calls every one of `savers` in turn; None when there is none."""
+    if not savers:
+        return None
+
+    def save(*case):
+        for saver in savers:
+            saver(*case)
+    return save
+
+
 class Cases:
     """(case id, image, label) of every case of a dataset, read one at a time; has a length for tqdm."""
 
@@ -447,6 +480,7 @@ def segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib)
     folder = out_dir / 'predictions_input'
     folder.mkdir(parents=True, exist_ok=True)
     names = UniqueNames()
+    pictures = PictureWriter(out_dir / 'pictures_input', cfg['spacing']) if cfg['save_png'] else None
     written = []
     for path in tqdm(files, desc='segment', unit='volume', disable=cfg['no_progress']):
         image, affine = read_volume(path)
@@ -476,7 +510,9 @@ def segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib)
                 f.create_dataset('label', data=pred, compression='gzip')
                 f.attrs['source'] = str(path)
         written.append(target)
-    print(f'wrote {len(written)} label map(s) to {folder}')
+        if pictures is not None:
+            pictures(path.name[:-len(suffix)], pred, image, None)
+    print(f'wrote {len(written)} label map(s) to {folder}' + (f', pictures to {pictures.folder}' if pictures else ''))
     return written
 
 
@@ -486,6 +522,8 @@ def main(argv=None):
     nib = nibabel_or_none()
     if cfg['nifti'] and nib is None:
         raise UsageError('--nifti needs nibabel, which is not installed: pip install nibabel')
+    if cfg['save_png']:
+        optional_import('matplotlib.figure', '--save_png', 'matplotlib')  # before any case is segmented
     published = bool(cfg['vnet_ckpt'] or cfg['resnet_ckpt'])
     if published and cfg['checkpoint']:
         raise UsageError('pass either --checkpoint (a train.py checkpoint) or --vnet_ckpt/--resnet_ckpt, not both')
@@ -509,10 +547,12 @@ def main(argv=None):
     pattern = cfg['pattern'] or PRESETS[cfg['dataset']]['pattern']
     dataset = H5Dataset(cfg['root_path'], split=cfg['split'], list_file=cfg['list_file'], pattern=pattern,
                         num_classes=cfg['num_classes'], transform=NormalizeIntensity(cfg['normalize']))
-    save_fn = None
+    savers = []
     if cfg['save_pred']:
-        save_fn = PredictionWriter(out_dir / 'predictions', None if cfg['h5'] else nib, cfg['spacing'],
-                                   cfg['num_classes'])
+        savers.append(PredictionWriter(out_dir / 'predictions', None if cfg['h5'] else nib, cfg['spacing'],
+                                       cfg['num_classes']))
+    if cfg['save_png']:
+        savers.append(PictureWriter(out_dir / 'pictures', cfg['spacing']))
     source = info['checkpoint'] if isinstance(info['checkpoint'], str) else ' and '.join(info['checkpoint'].values())
     print(f'{info["label"]}: networks {names} of {source} on {len(dataset)} cases of '
           f'{dataset.list_file}, patch {"x".join(map(str, cfg["patch_size"]))}, stride {stride_xy}/{stride_z}'
@@ -521,7 +561,7 @@ def main(argv=None):
     start = time.perf_counter()
     rows = test_all_case(list(nets.values()), Cases(dataset), cfg['num_classes'], cfg['patch_size'], stride_xy,
                          stride_z, device=device, lcc=cfg['lcc'], spacing=cfg['spacing'],
-                         lineage_empty=cfg['lineage_empty'], save_fn=save_fn, batch_size=cfg['batch_windows'],
+                         lineage_empty=cfg['lineage_empty'], save_fn=each(savers), batch_size=cfg['batch_windows'],
                          weight=weight, progress=not cfg['no_progress'])
     wall = time.perf_counter() - start
 
@@ -551,7 +591,8 @@ def main(argv=None):
     print(table)
     print(f'{len(rows)} cases in {wall:.1f} s; per case: {out_dir / "test_cases.csv"}, '
           f'summary: {out_dir / "test_summary.json"}'
-          + (f', predictions: {out_dir / "predictions"}' if save_fn is not None else ''))
+          + (f', predictions: {out_dir / "predictions"}' if cfg['save_pred'] else '')
+          + (f', pictures: {out_dir / "pictures"}' if cfg['save_png'] else ''))
     return 0
 
 

@@ -99,7 +99,7 @@ def save_case_png(path, image, label=None, pred=None, title='', spacing=None, fl
         ax.set_ylabel(AXIS_NAMES[down])
         ax.set_xticks([])
         ax.set_yticks([])
-    handles = [lines.Line2D([], [], color=color, linewidth=2, label=name)
+    handles = [lines.Line2D([], [], color=color, linewidth=2, label=name if np.any(mask) else f'{name} (empty)')
                for mask, color, name in ((label, TRUTH_COLOR, 'label'), (pred, PREDICTION_COLOR, 'prediction'))
                if mask is not None]
     if handles:

@@ -292,3 +292,43 @@ def test_nifti_input_and_predictions_when_nibabel_is_installed(phantoms, tmp_pat
         np.testing.assert_array_equal(saved['img'], image)
         np.testing.assert_array_equal(saved['gt'], label)
         np.testing.assert_array_equal(saved['pred'], test_single_case([vnet], image, STRIDE, STRIDE, PATCH, 2)[0])
+
+
+def test_save_png_writes_one_picture_per_case_also_for_an_empty_prediction(phantoms, tmp_path):
+    plt_image = pytest.importorskip('matplotlib.image')
+    vnet, _ = published_nets(phantoms)
+    with torch.no_grad():
+        vnet.out_conv.bias[1] = -100.0  # background everywhere: every prediction is empty
+    torch.save(vnet.state_dict(), tmp_path / 'vnet.pth')
+    out = tmp_path / 'out'
+    flags = data_flags(phantoms) + ['--vnet_ckpt', str(tmp_path / 'vnet.pth'), '--n_filters', '2', '--patch_size',
+                                    '32,32,16', '--out_dir', str(out), '--save_png']
+    assert SCRIPT.cli(flags) == 0
+    assert [r['empty'] for r in read_csv(out / 'test_cases.csv')] == ['True', 'True']
+    pictures = sorted((out / 'pictures').iterdir())
+    assert [p.name for p in pictures] == [f'{case_id}.png' for case_id in TEST_IDS]
+    for path in pictures:
+        assert plt_image.imread(path).shape == (440, 1200, 4)
+
+    (tmp_path / 'scans').mkdir()
+    np.save(tmp_path / 'scans' / 'scan.npy', read_case(phantoms, TEST_IDS[0])[0])
+    assert SCRIPT.cli(flags + ['--input', str(tmp_path / 'scans')]) == 0
+    assert [p.name for p in (out / 'pictures_input').iterdir()] == ['scan.png']
+
+
+def test_save_png_without_matplotlib_is_one_line(phantoms, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'matplotlib.figure', None)  # as if matplotlib were not installed
+    with pytest.raises(SystemExit) as stop:
+        SCRIPT.cli(data_flags(phantoms) + ['--snapshot_path', str(tmp_path), '--save_png'])
+    assert stop.value.code == 'error: --save_png needs the package matplotlib: pip install matplotlib'
+
+
+def test_picture_slices_go_through_the_label_then_the_prediction_then_the_middle():
+    from dataloaders.pictures import slice_centre
+    label, pred = np.zeros((20, 10, 8), np.uint8), np.zeros((20, 10, 8), np.uint8)
+    assert slice_centre(label.shape, label, pred) == (10, 5, 4)  # both empty: the middle of the volume
+    pred[2:5, 1:4, 6] = 1
+    assert slice_centre(label.shape, label, pred) == (3, 2, 6)
+    label[14:17, 6:9, 1:4] = 2
+    assert slice_centre(label.shape, label, pred) == (15, 7, 2)
+    assert slice_centre(label.shape, None, pred) == (3, 2, 6)  # --input: no label
