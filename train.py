@@ -40,6 +40,7 @@ from utils.resume import find_resume, restore
 from utils.run_log import IterationCSV, setup_logger
 from utils.seeding import rng_state, seed_everything, seed_worker, step_generator
 from utils.signals import StopSignals
+from utils.tensorboard_log import TensorBoardLog, summary_writer_class
 
 # Settings that define a run: a checkpoint only resumes a run with the same ones.
 RUN_KEYS = ('dataset', 'method', 'labelnum', 'max_iterations', 'batch_size', 'labeled_bs', 'base_lr',
@@ -103,7 +104,13 @@ def parse_args(argv=None):
                    help='channels_last_3d memory format for networks and inputs (faster 3D convolutions on CPU)')
     g.add_argument('--sync_bn', action='store_true', help='SyncBatchNorm under torchrun (default: per-GPU BN)')
     g.add_argument('--trace_samples', action='store_true', help='each rank records the samples it trains on')
+    g.add_argument('--tensorboard', action='store_true',
+                   help='also write every iterations.csv value to <run>/tensorboard/ (needs tensorboard)')
+    g.add_argument('--image_every', type=int, default=100,
+                   help='with --tensorboard: slice pictures of the batch every this many iterations (0: off)')
     args = p.parse_args(argv)
+    if args.tensorboard:
+        summary_writer_class()  # a missing package stops the run here, before any work
     cfg = resolve(args)
     if cfg['rampup'] is None:
         cfg['rampup'] = cfg['max_iterations']
@@ -118,8 +125,8 @@ def check_config(cfg, num_cases, world_size=1):
             raise SystemExit(f'error: --{name} {cfg[name]} must be at least 1')
     if not cfg['intensity_scale'] >= 1:
         raise SystemExit(f'error: --intensity_scale {cfg["intensity_scale"]} must be at least 1 (1: off)')
-    for name in ('num_workers', 'rampup', 'val_every', 'base_lr', 'alpha_mc', 'lambda_reg', 'lambda_urps',
-                 'lambda_cps', 'lambda_con', 'consistency', 'contrast_tau'):
+    for name in ('num_workers', 'rampup', 'val_every', 'image_every', 'base_lr', 'alpha_mc', 'lambda_reg',
+                 'lambda_urps', 'lambda_cps', 'lambda_con', 'consistency', 'contrast_tau'):
         if not cfg[name] >= 0:  # also refuses NaN
             raise SystemExit(f'error: --{name} {cfg[name]} must be zero or more')
     for name, low, high in (('uncertain_percent', 0, 100), ('conf_thresh', 0, 1), ('ema_decay', 0, 1)):
@@ -370,6 +377,7 @@ def main(argv=None):
     scaler = torch.amp.GradScaler('cuda', enabled=amp)
     table = IterationCSV(run_dir / 'iterations.csv', COLUMNS[cfg['method']], start, enabled=is_main)
     trace = open(run_dir / f'samples_rank{rank}.csv', 'a') if cfg['trace_samples'] else None
+    board = TensorBoardLog(run_dir, start, enabled=is_main and cfg['tensorboard'])
 
     def checkpoint(name, iteration):
         table.flush()  # every row up to the checkpoint is on disk: a resume after a kill loses none
@@ -429,6 +437,10 @@ def main(argv=None):
             done = it + 1
             row = {**dict(zip(names, values)), **extra, 'lr': lr}
             table.write(it, {k: (f'{v:.6g}' if isinstance(v, float) else v) for k, v in row.items()})
+            board.scalars(it, row)
+            if cfg['image_every'] and done % cfg['image_every'] == 0:
+                board.slices(it, {n: plain[n] for n in ('net_a', 'net_b', 'ema') if n in plain}, image, label,
+                             cfg['labeled_bs'] if cfg['method'] != 'sup' else None, cfg['num_classes'])
             bar.set_postfix(loss=f'{values[0]:.4f}', refresh=False)
             bar.update(1)
             if done % cfg['log_every'] == 0 or done == cfg['max_iterations']:
@@ -438,6 +450,7 @@ def main(argv=None):
             if val_set is not None and done % cfg['val_every'] == 0:
                 dice = validate([plain[n] for n in trained], val_set, cfg, device)
                 log.info(f'iteration {done}: validation Dice {dice:.4f}')
+                board.scalars(it, {'val_dice': dice})
                 if dice > best:
                     best = dice
                     checkpoint('best.pth', done)
@@ -447,12 +460,14 @@ def main(argv=None):
                 checkpoint('latest.pth', done)
                 bar.close()
                 table.close()
+                board.close()
                 log.info(f'stopped by signal {stop.signum} after iteration {done}; continue with --resume auto')
                 sys.exit(128 + stop.signum)
 
     checkpoint('final.pth', cfg['max_iterations'])
     bar.close()
     table.close()
+    board.close()
     if trace:
         trace.close()
     log.info(f'finished {cfg["max_iterations"] - start} iterations in {time.time() - t0:.0f} s; '

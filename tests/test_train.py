@@ -5,6 +5,7 @@ Runs are in-process (train.main) where a real process is not needed; one thread,
 the same in every process and the tiny networks run fast on a shared 2-core machine.
 """
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -36,6 +37,8 @@ TERMS = {
     'mt': ['lr', 'loss', 'sup', 'dice', 'consistency', 'consistency_weight'],
     'sup': ['lr', 'loss', 'sup', 'dice'],
 }
+# The torchrun test logs to TensorBoard too when the optional package is there.
+TENSORBOARD = ['--tensorboard'] if importlib.util.find_spec('tensorboard') else []
 UNSUPERVISED_OFF = ['--alpha_mc', '0', '--lambda_reg', '0', '--lambda_urps', '0', '--lambda_cps', '0',
                     '--lambda_con', '0']
 
@@ -116,6 +119,8 @@ def test_every_method_writes_a_complete_run(phantoms, reference, tmp_path, metho
                 assert r[k] in ('A', 'B')
             else:
                 assert math.isfinite(float(r[k])), (k, r[k])
+            if k in ('reliable', 'pseudo_fg', 'reliable_fg'):  # shares
+                assert 0 <= float(r[k]) <= 1, (k, r[k])
     log = (run / 'log.txt').read_text()
     assert f'{method} on la' in log and f'finished {iterations} iterations' in log
 
@@ -335,12 +340,66 @@ def test_run_folder_with_checkpoints_is_refused_without_resume(phantoms, referen
     assert sorted(p.name for p in run.iterdir()) == ['latest.pth']
 
 
+# ------------------------------------------------------------------------------------ TensorBoard
+
+def tensorboard_events(run):
+    """The run's TensorBoard folder as TensorBoard reads it (what a restart purged left out)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run / 'tensorboard'), size_guidance={'scalars': 0, 'images': 0})
+    events.Reload()
+    return events
+
+
+def test_tensorboard_holds_the_csv_values_and_a_resume_adds_no_duplicate_step(phantoms, reference, tmp_path):
+    pytest.importorskip('tensorboard')
+    run = tmp_path / 'run'
+    flags = dict(max_iterations=8, save_every=4, image_every=4)
+    train.main(args(phantoms, run, '--tensorboard', **flags))
+    ref, got = load(reference / 'final.pth'), load(run / 'final.pth')
+    for key in ('net_a', 'net_b', 'optimizer_a', 'optimizer_b', 'rng'):  # logging changes no step of training
+        assert_same_run(ref[key], got[key], key)
+
+    rows = read_csv(run / 'iterations.csv')
+    events = tensorboard_events(run)
+    assert sorted(events.Tags()['scalars']) == sorted(TERMS['dual'])
+    first = {}
+    for tag in TERMS['dual']:
+        first[tag] = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert [step for step, _ in first[tag]] == list(range(8)), tag
+        want = [float(r[tag] == 'A') if tag == 'winner' else float(r[tag]) for r in rows]
+        assert [v for _, v in first[tag]] == pytest.approx(want, rel=1e-5, abs=1e-7), tag
+    pictures = {tag.split(' ')[0]: events.Images(tag) for tag in events.Tags()['images']}
+    assert sorted(pictures) == ['slices/labeled', 'slices/unlabeled']
+    for kind, panels in (('slices/labeled', 4), ('slices/unlabeled', 3)):  # 16x16 slices with 2-pixel gaps
+        assert [(p.step, p.width, p.height) for p in pictures[kind]] == [(3, 18 * panels - 2, 16),
+                                                                          (7, 18 * panels - 2, 16)]
+
+    # killed after iteration 6: latest.pth at 4 is kept, the curves went on; the resumed run logs 4..7 again
+    (run / 'final.pth').unlink()
+    train.main(args(phantoms, run, '--tensorboard', '--resume', 'auto', **flags))
+    assert len(list((run / 'tensorboard').iterdir())) == 2  # a second event file in the same folder
+    events = tensorboard_events(run)
+    for tag in TERMS['dual']:
+        assert [(e.step, e.value) for e in events.Scalars(tag)] == first[tag], tag  # no duplicate, no jump
+    for tag in events.Tags()['images']:
+        assert [p.step for p in events.Images(tag)] == [3, 7]
+
+
+def test_tensorboard_missing_is_one_line(phantoms, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'torch.utils.tensorboard', None)  # as if tensorboard were not installed
+    with pytest.raises(SystemExit) as stop:
+        train.main(args(phantoms, tmp_path / 'run', '--tensorboard'))
+    assert stop.value.code == 'error: --tensorboard needs the package tensorboard: pip install tensorboard'
+    assert not (tmp_path / 'run').exists()
+
+
 # ------------------------------------------------------------------------------------ distributed
 
 def test_torchrun_two_processes_gloo(phantoms, tmp_path):
     run, steps = tmp_path / 'run', 4
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', 'train.py',
-           *args(phantoms, run, '--trace_samples', max_iterations=steps, labelnum=4, batch_size=2, labeled_bs=1)]
+           *args(phantoms, run, '--trace_samples', *TENSORBOARD, max_iterations=steps, labelnum=4, batch_size=2,
+                 labeled_bs=1, image_every=2)]
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -356,8 +415,11 @@ def test_torchrun_two_processes_gloo(phantoms, tmp_path):
             assert len(batch) == 2 and batch[0] < 4 <= batch[1]
 
     # only rank 0 writes the run's files: one set, each line once
-    assert sorted(p.name for p in run.iterdir()) == ['config.json', 'final.pth', 'iterations.csv', 'log.txt',
-                                                   'samples_rank0.csv', 'samples_rank1.csv']
+    files = ['config.json', 'final.pth', 'iterations.csv', 'log.txt', 'samples_rank0.csv', 'samples_rank1.csv']
+    assert sorted(p.name for p in run.iterdir()) == files + (['tensorboard'] if TENSORBOARD else [])
+    if TENSORBOARD:
+        assert len(list((run / 'tensorboard').iterdir())) == 1
+        assert [e.step for e in tensorboard_events(run).Scalars('loss')] == list(range(steps))
     log = (run / 'log.txt').read_text()
     assert log.count('world size 2') == 1 and log.count('finished') == 1
     assert [int(r['iteration']) for r in read_csv(run / 'iterations.csv')] == list(range(steps))
