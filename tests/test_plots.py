@@ -1,0 +1,71 @@
+"""The run pictures of utils.plot (curves.png, cases.png), on small made-up CSVs: real PNGs of the expected
+size, from a finished and from an unfinished run, and one line when matplotlib is missing."""
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import train
+from utils import plot
+
+
+def png_shape(path):
+    return pytest.importorskip('matplotlib.image').imread(path).shape
+
+
+def write_run(folder, method, rows, max_iterations, cut_last_line=False):
+    """A run folder as train.py leaves it: config.json and iterations.csv with `rows` rows of train's columns."""
+    folder.mkdir()
+    (folder / 'config.json').write_text(json.dumps({'method': method, 'max_iterations': max_iterations}))
+    rng = np.random.default_rng(0)
+    with open(folder / 'iterations.csv', 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['iteration'] + train.COLUMNS[method])
+        for it in range(rows):
+            writer.writerow([it] + ['AB'[it % 3 == 0] if c == 'winner' else f'{rng.uniform(0.01, 1):.6g}'
+                                    for c in train.COLUMNS[method]])
+        if cut_last_line:  # the line a running train.py is writing
+            f.write(f'{rows},0.01,1.5')
+    return folder
+
+
+@pytest.mark.parametrize('method,size', [('dual', (660, 1600)), ('sup', (360, 1200))])
+def test_curves_of_a_finished_and_an_unfinished_run(tmp_path, method, size):
+    for name, rows, total, cut in (('finished', 30, 30, False), ('running', 12, 100, True)):
+        run = write_run(tmp_path / name, method, rows, total, cut)
+        assert plot.main([str(run)]) == 0
+        assert png_shape(run / 'curves.png')[:2] == size  # 2 x 4 panels for dual, 1 x 3 for sup
+        columns = plot.read_iterations(run / 'iterations.csv')
+        assert list(columns['iteration']) == list(range(rows))  # the half-written line is left out
+    assert plot.run_title(tmp_path / 'running', 11) == f'running: {method}, iteration 12 of 100 (in progress)'
+    assert plot.run_title(tmp_path / 'finished', 29) == f'finished: {method}, iteration 30 of 30'
+    assert not (tmp_path / 'finished' / 'cases.png').exists()  # no test_cases.csv yet
+
+
+def test_cases_png_with_an_empty_prediction(tmp_path):
+    run = write_run(tmp_path / 'run', 'dual', 5, 5)
+    with open(run / 'test_cases.csv', 'w', newline='') as f:
+        f.write('case,dice,jaccard,hd95,asd,empty,gt_empty\n'
+                'c1,0.9,0.8,2.5,0.5,False,False\nc2,0.0,0.0,nan,nan,True,False\nc3,0.7,0.5,9.0,2.0,False,False\n')
+    assert plot.main([str(run), '--out', str(tmp_path / 'pictures')]) == 0
+    assert png_shape(tmp_path / 'pictures' / 'cases.png')[:2] == (320, 1000)
+    assert png_shape(tmp_path / 'pictures' / 'curves.png')[:2] == (660, 1600)
+    assert plot.read_cases(run / 'test_cases.csv')[1][::3] == ('c2', True)
+
+
+def test_plot_without_matplotlib_is_one_line(tmp_path, monkeypatch):
+    run = write_run(tmp_path / 'run', 'sup', 3, 3)
+    monkeypatch.setitem(sys.modules, 'matplotlib.figure', None)  # as if matplotlib were not installed
+    with pytest.raises(SystemExit) as stop:
+        plot.main([str(run)])
+    assert stop.value.code == 'error: python -m utils.plot needs the package matplotlib: pip install matplotlib'
+
+
+def test_plot_of_a_folder_without_csv_is_one_line(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        plot.main([str(tmp_path)])
+    assert str(stop.value.code).startswith('error: ') and 'iterations.csv' in stop.value.code
+
