@@ -1,7 +1,9 @@
-"""The run pictures of utils.plot (curves.png, cases.png), on small made-up CSVs: real PNGs of the expected
-size, from a finished and from an unfinished run, and one line when matplotlib is missing."""
+"""The run pictures of utils.plot (curves.png, cases.png) and benchmarks/plot_la_cpu.py, on small made-up CSVs:
+real PNGs of the expected size, from a finished and from an unfinished run, and one line when matplotlib is
+missing."""
 import csv
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +12,8 @@ import pytest
 
 import train
 from utils import plot
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def png_shape(path):
@@ -69,3 +73,27 @@ def test_plot_of_a_folder_without_csv_is_one_line(tmp_path):
         plot.main([str(tmp_path)])
     assert str(stop.value.code).startswith('error: ') and 'iterations.csv' in stop.value.code
 
+
+def test_la_cpu_paired_dice_figure(tmp_path):
+    runs = tmp_path / 'runs'
+    dice = {'dual': [0.8, 0.6, 0.0], 'pairsup': [0.7, 0.65, 0.0], 'mt': [0.9, 0.7, 0.01]}
+    for method, values in dice.items():
+        for seed in (1337, 2):
+            folder = runs / f'{method}_seed{seed}'
+            folder.mkdir(parents=True)
+            (folder / 'test_cases.csv').write_text('case,dice,jaccard,hd95,asd\n' + ''.join(
+                f'case{i},{v},{v},1.0,1.0\n' for i, v in enumerate(values)))
+    out = tmp_path / 'docs' / 'la_cpu_paired.png'
+    done = subprocess.run([sys.executable, 'benchmarks/plot_la_cpu.py', str(runs), '--out', str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # pair-sup before mt (the README's order); 6 case-seed pairs each, seeds pooled
+    assert done.stdout.splitlines()[:2] == ['vs pairsup: mean +1.67 points, dual better in 2 of 6 case-seed pairs',
+                                            'vs mt: mean -7.00 points, dual better in 0 of 6 case-seed pairs']
+    assert png_shape(out)[:2] == (510, 840)  # two 4.2-inch panels
+
+    (runs / 'dual_seed2' / 'test_cases.csv').unlink()
+    (runs / 'dual_seed1337' / 'test_cases.csv').unlink()
+    done = subprocess.run([sys.executable, 'benchmarks/plot_la_cpu.py', str(runs), '--out', str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.count('\n') == 1 and 'no dual_seed' in done.stderr
