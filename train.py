@@ -109,8 +109,6 @@ def parse_args(argv=None):
     g.add_argument('--image_every', type=int, default=100,
                    help='with --tensorboard: slice pictures of the batch every this many iterations (0: off)')
     args = p.parse_args(argv)
-    if args.tensorboard:
-        summary_writer_class()  # a missing package stops the run here, before any work
     cfg = resolve(args)
     if cfg['rampup'] is None:
         cfg['rampup'] = cfg['max_iterations']
@@ -123,6 +121,8 @@ def check_config(cfg, num_cases, world_size=1):
     for name in ('max_iterations', 'batch_size', 'lr_step', 'save_every', 'log_every', 'contrast_samples'):
         if cfg[name] < 1:
             raise SystemExit(f'error: --{name} {cfg[name]} must be at least 1')
+    if cfg['tensorboard']:
+        summary_writer_class()  # a missing package stops the run here, not at the first logged step
     if not cfg['intensity_scale'] >= 1:
         raise SystemExit(f'error: --intensity_scale {cfg["intensity_scale"]} must be at least 1 (1: off)')
     for name in ('num_workers', 'rampup', 'val_every', 'image_every', 'base_lr', 'alpha_mc', 'lambda_reg',
