@@ -3,6 +3,12 @@
 All randomness comes from np.random.default_rng([seed, epoch, stream, _TAG]): two instances with the
 same seed and epoch agree, so every DDP rank computes the same global batch and takes its own slice.
 (_TAG keeps these streams apart from the per-sample generators default_rng([seed, iteration, index]).)
+
+Epochs: each pass (each iter() of a sampler) is one epoch. set_epoch(e) makes the next pass epoch e
+exactly (train.py resumes through it); a pass started without a set_epoch call since the previous one
+is the epoch after the previous one. So a plain `for epoch ...: for batch in DataLoader(ds,
+batch_sampler=sampler)` loop, which never calls set_epoch, gets a fresh labeled order and fresh
+unlabeled volumes every epoch instead of repeating epoch 0.
 """
 import operator
 
@@ -39,16 +45,27 @@ class _EpochBatchSampler:
         if not 0 <= self.rank < self.num_replicas:
             raise ValueError(f'rank {self.rank} is outside 0..{self.num_replicas - 1}')
         self.epoch = 0
+        self._pinned = True  # the first pass is epoch 0 unless set_epoch names another
 
     def set_epoch(self, epoch):
+        """Make the next pass epoch `epoch`; later passes without another call count on from it."""
         self.epoch = operator.index(epoch)
+        self._pinned = True
 
-    def _rng(self, stream):
-        return np.random.default_rng([self.seed, self.epoch, stream, _TAG])
+    def __iter__(self):
+        if not self._pinned:
+            self.epoch += 1
+        self._pinned = False
+        # The epoch is passed on, not read later from self: a generator's body runs at its first next(),
+        # by when another pass or a set_epoch call may have changed self.epoch.
+        return self._batches(self.epoch)
 
-    def _primary_batches(self, indices, per_rank):
+    def _rng(self, epoch, stream):
+        return np.random.default_rng([self.seed, epoch, stream, _TAG])
+
+    def _primary_batches(self, epoch, indices, per_rank):
         """This rank's slices of global batches (per_rank * num_replicas) of one shuffled pass; drop the rest."""
-        order = self._rng(_PRIMARY).permutation(len(indices))
+        order = self._rng(epoch, _PRIMARY).permutation(len(indices))
         size = per_rank * self.num_replicas
         for start in range(0, len(order) - size + 1, size):
             mine = order[start + self.rank * per_rank: start + (self.rank + 1) * per_rank]
@@ -64,6 +81,10 @@ class TwoStreamBatchSampler(_EpochBatchSampler):
     no global batch holds a secondary index twice. With num_replicas > 1 the global batch is
     batch_size * num_replicas with the same ratio, and rank r takes the r-th slice of each stream, so
     ranks never share an index within a step. len() = len(primary) // (primary batch * num_replicas).
+
+    Each pass is a new epoch (a new primary order and a new draw of secondary indices) unless
+    set_epoch(e) was called since the last pass, which makes the pass epoch e: a plain loop over a
+    DataLoader sees every secondary index in time, and a resumed run can replay any epoch exactly.
     """
 
     def __init__(self, primary_indices, secondary_indices, batch_size, secondary_batch_size, seed=0,
@@ -94,9 +115,9 @@ class TwoStreamBatchSampler(_EpochBatchSampler):
     def __len__(self):
         return len(self.primary) // (self.primary_batch_size * self.num_replicas)
 
-    def _secondary_batches(self):
+    def _secondary_batches(self, epoch):
         """Endless global batches of secondary positions; each cycle of the stream is one permutation."""
-        rng = self._rng(_SECONDARY)
+        rng = self._rng(epoch, _SECONDARY)
         size, n = self.secondary_batch_size * self.num_replicas, len(self.secondary)
         rest = []
         while True:
@@ -112,17 +133,21 @@ class TwoStreamBatchSampler(_EpochBatchSampler):
                 batch, rest = head + front, [j for j in fresh if j not in chosen]
             yield batch
 
-    def __iter__(self):
+    def _batches(self, epoch):
         per_rank = self.secondary_batch_size
         lo, hi = self.rank * per_rank, (self.rank + 1) * per_rank
-        for primary, secondary in zip(self._primary_batches(self.primary, self.primary_batch_size),
-                                      self._secondary_batches()):
+        for primary, secondary in zip(self._primary_batches(epoch, self.primary, self.primary_batch_size),
+                                      self._secondary_batches(epoch)):
             yield primary + [self.secondary[j] for j in secondary[lo:hi]]
 
 
 class LabeledBatchSampler(_EpochBatchSampler):
     """Random batches of batch_size indices, one pass per epoch (last incomplete batch dropped);
-    for supervised-only training. Replicas split each global batch like TwoStreamBatchSampler."""
+    for supervised-only training. Replicas split each global batch like TwoStreamBatchSampler.
+
+    Each pass is a new epoch in a new order unless set_epoch(e) was called since the last pass, which
+    makes the pass epoch e.
+    """
 
     def __init__(self, indices, batch_size, seed=0, num_replicas=1, rank=0):
         super().__init__(seed, num_replicas, rank)
@@ -135,8 +160,8 @@ class LabeledBatchSampler(_EpochBatchSampler):
     def __len__(self):
         return len(self.indices) // (self.batch_size * self.num_replicas)
 
-    def __iter__(self):
-        yield from self._primary_batches(self.indices, self.batch_size)
+    def _batches(self, epoch):
+        return self._primary_batches(epoch, self.indices, self.batch_size)
 
 
 class IterationBatchSampler:

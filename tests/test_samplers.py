@@ -2,6 +2,7 @@
 from collections import Counter
 
 import pytest
+from torch.utils.data import DataLoader
 
 from dataloaders import IterationBatchSampler, LabeledBatchSampler, TwoStreamBatchSampler
 
@@ -53,10 +54,78 @@ def test_same_seed_and_epoch_agree_other_seed_differs():
     b = TwoStreamBatchSampler(PRIMARY, SECONDARY, 4, 2, seed=7)
     c = TwoStreamBatchSampler(PRIMARY, SECONDARY, 4, 2, seed=8)
     a.set_epoch(5), b.set_epoch(5), c.set_epoch(5)
-    assert list(a) == list(b) == list(a)
-    assert list(a) != list(c)
+    first = list(a)
+    a.set_epoch(5)
+    assert first == list(b) == list(a)
+    assert first != list(c)
     b.set_epoch(6)
-    assert list(a) != list(b)
+    assert first != list(b)
+
+
+def test_plain_loop_without_set_epoch_sees_every_unlabeled_index_and_fresh_orders():
+    """The lineage's loop, which never calls set_epoch: each epoch must not replay epoch 0."""
+    loader = DataLoader(list(range(80)), batch_sampler=TwoStreamBatchSampler(range(8), range(8, 80), 4, 2))
+    seen, orders = set(), set()
+    for epoch in range(60):
+        batches = [b.tolist() for b in loader]
+        assert len(batches) == 4 and sorted(i for b in batches for i in b[:2]) == list(range(8))
+        orders.add(tuple(i for b in batches for i in b[:2]))
+        seen.update(i for b in batches for i in b[2:])
+    assert seen == set(range(8, 80))      # each epoch draws 8 of the 72; epoch 0 repeated would give 8
+    assert len(orders) == 60
+
+    labeled = DataLoader(list(range(10)), batch_sampler=LabeledBatchSampler(range(10), 2, seed=1))
+    firsts = {tuple(tuple(b.tolist()) for b in labeled) for _ in range(20)}
+    assert len(firsts) == 20
+
+
+@pytest.mark.parametrize('make', [lambda: TwoStreamBatchSampler(PRIMARY, SECONDARY, 4, 2, seed=5),
+                                  lambda: LabeledBatchSampler(PRIMARY, 2, seed=5)])
+def test_set_epoch_pins_the_pass_and_later_passes_count_on(make):
+    plain = make()
+    passes = [list(plain) for _ in range(6)]                 # epochs 0..5
+    assert len({str(p) for p in passes}) == 6
+    pinned = make()
+    for epoch in (3, 3, 0, 5):
+        pinned.set_epoch(epoch)
+        assert list(pinned) == passes[epoch]                 # set_epoch(e) is epoch e, however often
+    pinned.set_epoch(2)
+    assert [list(pinned) for _ in range(3)] == passes[2:5]  # then 3, 4 without another call
+    pinned.set_epoch(1)
+    started = iter(pinned)                                   # a pass keeps the epoch it was started in
+    pinned.set_epoch(4)
+    assert list(started) == passes[1] and list(pinned) == passes[4]
+
+
+def rank_streams(make, replicas, iterations, start=0):
+    """Per rank, the batches train.py's IterationBatchSampler hands it (indices only)."""
+    return [[[k[0] for k in b] for b in IterationBatchSampler(make(r), 3, iterations, start)]
+            for r in range(replicas)]
+
+
+def test_rank_slices_as_train_py_draws_them():
+    """What train.py under torchrun trains on: each rank its own slice of each stream, the same ratio."""
+    labelnum, cases, replicas, steps = 4, 8, 2, 12
+    two_stream = rank_streams(lambda r: TwoStreamBatchSampler(range(labelnum), range(labelnum, cases), 2, 1, seed=3,
+                                                              num_replicas=replicas, rank=r), replicas, steps)
+    for step in zip(*two_stream):
+        flat = [i for b in step for i in b]
+        assert len(set(flat)) == len(flat)                   # the ranks never share a volume in a step
+        assert all(len(b) == 2 and b[0] < labelnum <= b[1] for b in step)  # 1 labeled, then 1 unlabeled
+    per_epoch = labelnum // replicas                         # steps per epoch: every labeled id once
+    for e in range(steps // per_epoch):
+        epoch = [b[0] for rank in two_stream for b in rank[e * per_epoch:(e + 1) * per_epoch]]
+        assert sorted(epoch) == list(range(labelnum))
+
+    labeled = rank_streams(lambda r: LabeledBatchSampler(range(labelnum), 1, seed=3, num_replicas=replicas,
+                                                         rank=r), replicas, steps)
+    for step in zip(*labeled):
+        assert len(step[0]) == 1 and step[0] != step[1]
+    # a rank resumed mid-run draws the tail of its own stream
+    for r, stream in enumerate(rank_streams(lambda r: TwoStreamBatchSampler(
+            range(labelnum), range(labelnum, cases), 2, 1, seed=3, num_replicas=replicas, rank=r),
+            replicas, steps, start=5)):
+        assert stream == two_stream[r][5:]
 
 
 @pytest.mark.parametrize('replicas', [2, 4])
