@@ -103,7 +103,6 @@ def parse_args(argv=None):
     g.add_argument('--channels_last', action='store_true',
                    help='channels_last_3d memory format for networks and inputs (faster 3D convolutions on CPU)')
     g.add_argument('--sync_bn', action='store_true', help='SyncBatchNorm under torchrun (default: per-GPU BN)')
-    g.add_argument('--trace_samples', action='store_true', help='each rank records the samples it trains on')
     g.add_argument('--tensorboard', action='store_true',
                    help='also write every iterations.csv value to <run>/tensorboard/ (needs tensorboard)')
     g.add_argument('--image_every', type=int, default=100,
@@ -376,7 +375,6 @@ def main(argv=None):
                         generator=torch.Generator().manual_seed(cfg['seed']))
     scaler = torch.amp.GradScaler('cuda', enabled=amp)
     table = IterationCSV(run_dir / 'iterations.csv', COLUMNS[cfg['method']], start, enabled=is_main)
-    trace = open(run_dir / f'samples_rank{rank}.csv', 'a') if cfg['trace_samples'] else None
     board = TensorBoardLog(run_dir, start, enabled=is_main and cfg['tensorboard'])
 
     def checkpoint(name, iteration):
@@ -400,8 +398,6 @@ def main(argv=None):
             image = batch['image'].to(device, non_blocking=True).contiguous(memory_format=memory_format)
             label = batch['label'].to(device, non_blocking=True)
             generator = step_generator(cfg['seed'] + rank, it, device)
-            if trace:
-                trace.write(f'{it},' + ','.join(str(k[0]) for k in keys) + '\n')
 
             with torch.autocast(device.type, enabled=amp):
                 if cfg['method'] == 'dual':
@@ -468,8 +464,6 @@ def main(argv=None):
     bar.close()
     table.close()
     board.close()
-    if trace:
-        trace.close()
     log.info(f'finished {cfg["max_iterations"] - start} iterations in {time.time() - t0:.0f} s; '
              f'final checkpoint {run_dir / "final.pth"}')
     if world_size > 1:
