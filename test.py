@@ -1,4 +1,4 @@
-"""Evaluate a trained pair on the test list, or segment new volumes (METHOD.md, "Inference and evaluation").
+"""Evaluate a trained pair on the test list, or segment new volumes (docs/method.md, "Evaluation").
 
     python test.py --labelnum 8 --gpu 0                             # the run folder of train.py, its final.pth
     python test.py --checkpoint model/la/dual_dual_8labels/final.pth --nets a
@@ -19,29 +19,24 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataloaders import NORMALIZE_MODES, DatasetError, H5Dataset, NormalizeIntensity, normalize_intensity
+from dataloaders import NORMALIZE_MODES, H5Dataset, NormalizeIntensity, normalize_intensity
 from dataloaders.pictures import optional_import, save_case_png
-from networks import ResNet34VNet, VNet
 from utils.checkpoint import CheckpointError, load_checkpoint, load_weights
-from utils.config import PRESETS, add_common_args, resolve, select_device
+from utils.cli import OneLineParser, UsageError, run_cli
+from utils.config import PRESETS, add_common_args, build_net, resolve, select_device
 from utils.inference import gaussian_weight, keep_largest_components, overlap_strides, test_all_case, test_single_case
 from utils.metrics import METRICS, calculate_metric_percase, summarize
+from utils.volume_io import (PredictionWriter, UniqueNames, input_files, label_dtype, label_map_suffix,
+                             nibabel_or_none, read_volume, spacing_affine, volume_suffix, write_label_map)
 
 # Settings a project checkpoint fixes (its weights only fit these) ...
 ARCH_KEYS = ('n_filters', 'num_classes')
 # ... and settings taken from its config unless given on the command line.
 DATA_KEYS = ('root_path', 'pattern', 'patch_size', 'stride_xy', 'stride_z')
-NETWORKS = {'a': ('net_a', VNet), 'b': ('net_b', ResNet34VNet)}
-VOLUME_SUFFIXES = ('.nii.gz', '.nii', '.h5', '.hdf5', '.npy')
-
-
-class UsageError(ValueError):
-    """A flag or an input file that cannot be used; the message is one line naming it."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -68,7 +63,7 @@ def parse_spacing(text):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = OneLineParser(description=__doc__.split('\n')[0])
     add_common_args(p)
     g = p.add_argument_group('what to evaluate')
     g.add_argument('--checkpoint', default=None, help="a train.py checkpoint (default: the run folder's final.pth)")
@@ -126,24 +121,12 @@ def parse_args(argv=None):
     for key in watched:
         if key not in explicit:
             setattr(args, key, parser.get_default(key))
-    no_folder = args.root_path is None and PRESETS[args.dataset]['root_path'] is None
-    if no_folder:
-        args.root_path = ''  # resolve() insists on a folder; --input and a checkpoint's config may not need one
-    cfg = resolve(args)
-    if no_folder:
-        cfg['root_path'] = None
-    return cfg, explicit
+    # --input and a checkpoint's config may need no folder: main() asks for one where it reads a list
+    return resolve(args, folder_required=False), explicit
 
 
 # ----------------------------------------------------------------------------------------------------------
 # networks
-
-def build_net(which, cfg):
-    _, cls = NETWORKS[which]
-    # has_dropout=True as in train.py; eval() turns the dropout off, and the state dict keys are the same
-    return cls(n_channels=1, n_classes=cfg['num_classes'], n_filters=cfg['n_filters'],
-               normalization='batchnorm', has_dropout=True)
-
 
 def chosen_nets(requested, available, default, source):
     wanted = {'a': ['a'], 'b': ['b'], 'both': ['a', 'b']}[requested or default]
@@ -206,8 +189,8 @@ def load_project(cfg, explicit, notes):
     which = chosen_nets(cfg['nets'], available, 'both' if method == 'dual' else 'a', f'{path} ({method})')
     nets = {}
     for w in which:
-        net = build_net(w, cfg)
-        load_weights(net, ckpt[NETWORKS[w][0]], f'{path} [{NETWORKS[w][0]}]')
+        net = build_net(w, cfg['num_classes'], cfg['n_filters'])
+        load_weights(net, ckpt[f'net_{w}'], f'{path} [net_{w}]')
         nets[w] = net
     return nets, {'checkpoint': str(path), 'iteration': ckpt.get('iteration'), 'run_dir': str(path.parent),
                   'label': method}
@@ -232,7 +215,7 @@ def load_published(cfg):
                                   f'pass it as --checkpoint')
         if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
             state = state['state_dict']  # some releases wrap the weights once
-        net = build_net(w, cfg)
+        net = build_net(w, cfg['num_classes'], cfg['n_filters'])
         load_weights(net, state, f'{flag} {path}')
         nets[w] = net
     return nets, {'checkpoint': {w: str(Path(files[w])) for w in which}, 'iteration': None,
@@ -240,117 +223,7 @@ def load_published(cfg):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# volumes in, label maps out
-
-def nibabel_or_none():
-    try:
-        import nibabel
-    except ImportError:
-        return None
-    return nibabel
-
-
-def volume_suffix(path):
-    name = path.name.lower()
-    return next((s for s in VOLUME_SUFFIXES if name.endswith(s)), None)
-
-
-def input_files(path):
-    path = Path(path)
-    if path.is_file():
-        if volume_suffix(path) is None:
-            raise UsageError(f'--input {path}: not a volume ({", ".join(VOLUME_SUFFIXES)})')
-        return [path]
-    if not path.is_dir():
-        raise UsageError(f'--input {path}: no such file or folder')
-    files = sorted(p for p in path.iterdir() if p.is_file() and volume_suffix(p) is not None)
-    if not files:
-        raise UsageError(f'--input {path}: the folder holds no volume ({", ".join(VOLUME_SUFFIXES)})')
-    return files
-
-
-def read_volume(path):
-    """(image float32 (X,Y,Z), NIfTI affine or None). UsageError naming the file when unusable."""
-    suffix = volume_suffix(path)
-    affine = None
-    try:
-        if suffix in ('.h5', '.hdf5'):
-            with h5py.File(path, 'r') as f:
-                if not isinstance(f.get('image'), h5py.Dataset):
-                    raise UsageError(f'{path}: no "image" dataset (found: {", ".join(sorted(f)) or "nothing"})')
-                image = f['image'][()]
-        elif suffix == '.npy':
-            image = np.load(path, allow_pickle=False)
-        else:
-            nib = nibabel_or_none()
-            if nib is None:
-                raise UsageError(f'{path}: reading NIfTI needs nibabel: pip install nibabel')
-            img = nib.load(str(path))
-            image, affine = np.asarray(img.dataobj), img.affine
-    except UsageError:
-        raise
-    except Exception as e:  # noqa: BLE001 -- h5py, numpy and nibabel report corrupt files with many types
-        raise UsageError(f'{path}: cannot read ({type(e).__name__}: {" ".join(str(e).split())[:200]})') from None
-    while image.ndim > 3 and image.shape[-1] == 1:  # NIfTI often stores (X,Y,Z,1)
-        image = image[..., 0]
-    if image.ndim != 3 or image.dtype.kind not in 'biuf' or 0 in image.shape:
-        raise UsageError(f'{path}: expected a 3-D numeric volume, found {image.dtype} of shape {image.shape}')
-    image = image.astype(np.float32)
-    if not np.isfinite(image).all():
-        raise UsageError(f'{path}: the volume has NaN or Inf voxels')
-    return image, affine
-
-
-def save_nifti(nib, array, path, affine):
-    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
-
-
-def spacing_affine(spacing):
-    return None if spacing is None else np.diag([*spacing, 1.0])
-
-
-def label_dtype(num_classes):
-    return np.uint8 if num_classes <= 256 else np.int32
-
-
-class UniqueNames:
-    """Hands out file stems never handed out before in this run (per suffix): id, id_2, id_3, ..."""
-
-    def __init__(self):
-        self.used = set()
-
-    def __call__(self, stem, suffix=''):
-        name, k = stem, 1
-        while name + suffix in self.used:
-            k += 1
-            name = f'{stem}_{k}'
-        self.used.add(name + suffix)
-        return name
-
-
-class PredictionWriter:
-    """save_fn for test_all_case: <case id>_pred/_img/_gt.nii.gz, or one <case id>.h5 holding all three."""
-
-    def __init__(self, folder, nib, spacing, num_classes):
-        self.folder, self.nib, self.spacing, self.num_classes = Path(folder), nib, spacing, num_classes
-        self.names = UniqueNames()
-        self.folder.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, case_id, pred, image, label, score):
-        stem = self.names(str(case_id))
-        pred = pred.astype(label_dtype(self.num_classes))
-        label = np.asarray(label).astype(label_dtype(self.num_classes))
-        image = np.asarray(image, dtype=np.float32)
-        if self.nib is not None:
-            affine = spacing_affine(self.spacing)
-            for suffix, array in (('pred', pred), ('img', image), ('gt', label)):
-                save_nifti(self.nib, array, self.folder / f'{stem}_{suffix}.nii.gz', affine)
-        else:
-            with h5py.File(self.folder / f'{stem}.h5', 'w') as f:
-                for key, array in (('prediction', pred), ('image', image), ('label', label)):
-                    f.create_dataset(key, data=array, compression='gzip')
-                f.attrs['case'] = str(case_id)
-
+# the test list
 
 class PictureWriter:
     """save_fn for test_all_case: <case id>.png with the label and prediction outlined and the Dice in its title."""
@@ -497,18 +370,10 @@ def segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib)
             pred = keep_largest_components(pred, cfg['num_classes'])
         pred = pred.astype(label_dtype(cfg['num_classes']))
         suffix = volume_suffix(path)
-        # the input's own format unless --nifti / --h5 asks for another
-        kind = ('.nii.gz' if cfg['nifti'] else '.h5' if cfg['h5'] else
-                '.nii.gz' if suffix in ('.nii', '.nii.gz') else '.h5' if suffix in ('.h5', '.hdf5') else '.npy')
+        kind = label_map_suffix(suffix, cfg['nifti'], cfg['h5'])
         target = folder / (names(path.name[:-len(suffix)] + '_pred', kind) + kind)
-        if kind == '.nii.gz':
-            save_nifti(nib, pred, target, affine if affine is not None else spacing_affine(cfg['spacing']))
-        elif kind == '.npy':
-            np.save(target, pred)
-        else:
-            with h5py.File(target, 'w') as f:
-                f.create_dataset('label', data=pred, compression='gzip')
-                f.attrs['source'] = str(path)
+        write_label_map(pred, target, nib, affine if affine is not None else spacing_affine(cfg['spacing']),
+                        source=path)
         written.append(target)
         if pictures is not None:
             pictures(path.name[:-len(suffix)], pred, image, None)
@@ -540,7 +405,7 @@ def main(argv=None):
     names = '+'.join(w.upper() for w in nets)
     if cfg['input'] is not None:
         segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib)
-        return 0
+        return
 
     if cfg['root_path'] is None:
         raise UsageError(f'--dataset {cfg["dataset"]} has no default folder: pass --root_path')
@@ -593,25 +458,7 @@ def main(argv=None):
           f'summary: {out_dir / "test_summary.json"}'
           + (f', predictions: {out_dir / "predictions"}' if cfg['save_pred'] else '')
           + (f', pictures: {out_dir / "pictures"}' if cfg['save_png'] else ''))
-    return 0
-
-
-def cli(argv=None):
-    """main() with the project's error convention: one line naming the file or flag, exit status 1."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        return main(argv)
-    except (DatasetError, CheckpointError, UsageError) as e:
-        if '--debug' in argv:
-            raise
-        print(f'error: {e}', file=sys.stderr)
-        return 1
-    except OSError as e:  # an output folder that cannot be written, a disk that is full
-        if '--debug' in argv:
-            raise
-        print(f'error: {e.filename or ""}: {e.strerror or e}', file=sys.stderr)
-        return 1
 
 
 if __name__ == '__main__':
-    sys.exit(cli())
+    run_cli(main)

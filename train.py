@@ -5,7 +5,7 @@
     python train.py --method mt   |   --method sup            # the baselines
     torchrun --nproc_per_node 2 train.py ...                  # several GPUs (DDP)
 
-Reads top to bottom as METHOD.md: flags, data from the two-stream sampler, the two
+Reads top to bottom as docs/method.md: flags, data from the two-stream sampler, the two
 networks and their SGD optimisers, then one loop computing every loss term by name.
 """
 import copy
@@ -29,10 +29,9 @@ from dataloaders import (NORMALIZE_MODES, Compose, H5Dataset, IterationBatchSamp
 from losses import (FILTER_MODES, confident_disagreement, cosine_consistency_loss, cps_dice_loss, cps_loss,
                     cross_pseudo_label, mutual_correction_loss, prototype_contrastive_loss, softmax_mse_loss,
                     supervised_loss, urps_loss)
-from networks import ResNet34VNet, VNet
 from utils.checkpoint import save_checkpoint
 from utils.cli import OneLineParser, run_cli
-from utils.config import PRESETS, add_common_args, env_rank, resolve, select_device
+from utils.config import PRESETS, add_common_args, build_net, env_rank, resolve, select_device
 from utils.inference import test_single_case
 from utils.metrics import calculate_metric_percase
 from utils.ramps import sigmoid_rampup
@@ -168,11 +167,9 @@ def train_transform(cfg):
 
 def build_networks(cfg, device):
     """dual: A = V-Net, B = ResNet-34 V-Net; sup: a V-Net; mt: a V-Net student and its EMA teacher."""
-    kw = dict(n_channels=1, n_classes=cfg['num_classes'], n_filters=cfg['n_filters'],
-              normalization='batchnorm', has_dropout=True)
-    nets = {'net_a': VNet(**kw)}
+    nets = {'net_a': build_net('a', cfg['num_classes'], cfg['n_filters'])}
     if cfg['method'] == 'dual':
-        nets['net_b'] = ResNet34VNet(**kw)
+        nets['net_b'] = build_net('b', cfg['num_classes'], cfg['n_filters'])
     if cfg['method'] == 'mt':
         nets['ema'] = copy.deepcopy(nets['net_a'])
         for p in nets['ema'].parameters():
@@ -181,7 +178,9 @@ def build_networks(cfg, device):
 
 
 def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
-    """Every term of METHOD.md's training iteration for one batch; returns (total, record)."""
+    """Every term of docs/method.md's training iteration for one batch.
+
+    Returns (total, record of tensors to log, extra: the winner and the contrastive ramp weight)."""
     lb = cfg['labeled_bs']
     (logits_a, feat_a), (logits_b, feat_b) = out_a, out_b
     logits_a, logits_b = logits_a.float(), logits_b.float()

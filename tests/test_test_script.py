@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from dataloaders import normalize_intensity
+from dataloaders.datasets import LA_SUBDIR
 from dataloaders.synthetic import make_synthetic_dataset
 from networks import ResNet34VNet, VNet
 from utils.checkpoint import CheckpointError
+from utils.cli import run_cli
 from utils.inference import test_single_case
 from utils.metrics import calculate_metric_percase
 
@@ -35,6 +37,18 @@ def load_script():
 
 
 SCRIPT = load_script()
+
+
+def cli(argv):
+    """test.py as a shell runs it, in this process: its exit status, with run_cli's error line on stderr."""
+    try:
+        run_cli(SCRIPT.main, argv)
+    except SystemExit as e:
+        if isinstance(e.code, str):  # what the interpreter would print before exiting with status 1
+            print(e.code, file=sys.stderr)
+            return 1
+        return e.code
+    return 0
 
 
 @pytest.fixture(scope='module')
@@ -73,7 +87,7 @@ def checkpoint_nets(path):
 
 
 def read_case(root, case_id):
-    with h5py.File(root / '2018LA_Seg_Training Set' / case_id / 'mri_norm2.h5', 'r') as f:
+    with h5py.File(root / LA_SUBDIR / case_id / 'mri_norm2.h5', 'r') as f:
         return f['image'][()], f['label'][()]
 
 
@@ -184,7 +198,7 @@ def test_published_state_dicts_evaluate(phantoms, tmp_path, capsys):
     torch.save(vnet.state_dict(), tmp_path / 'vnet.pth')
     torch.save(resnet.state_dict(), tmp_path / 'resnet.pth')
     out = tmp_path / 'out'
-    rc = SCRIPT.cli(data_flags(phantoms) + [
+    rc = cli(data_flags(phantoms) + [
         '--vnet_ckpt', str(tmp_path / 'vnet.pth'), '--resnet_ckpt', str(tmp_path / 'resnet.pth'),
         '--n_filters', '2', '--patch_size', '32,32,16', '--out_dir', str(out), '--save_pred', '--h5',
         '--spacing', '1,1,2'])
@@ -206,7 +220,7 @@ def one_line_error(capsys):
 
 def test_mismatching_state_dict_names_the_keys(phantoms, tmp_path, capsys):
     torch.save(VNet(n_classes=3, n_filters=2).state_dict(), tmp_path / 'three_classes.pth')
-    rc = SCRIPT.cli(data_flags(phantoms) + ['--vnet_ckpt', str(tmp_path / 'three_classes.pth'), '--n_filters', '2',
+    rc = cli(data_flags(phantoms) + ['--vnet_ckpt', str(tmp_path / 'three_classes.pth'), '--n_filters', '2',
                                             '--patch_size', '32,32,16', '--out_dir', str(tmp_path / 'out')])
     assert rc == 1
     err = one_line_error(capsys)
@@ -217,7 +231,7 @@ def test_mismatching_state_dict_names_the_keys(phantoms, tmp_path, capsys):
 def test_dataset_problem_is_one_line_naming_the_file(phantoms, tmp_path, capsys):
     torch.save(VNet(n_classes=2, n_filters=2).state_dict(), tmp_path / 'vnet.pth')
     missing = tmp_path / 'missing.list'
-    rc = SCRIPT.cli(data_flags(phantoms) + ['--vnet_ckpt', str(tmp_path / 'vnet.pth'), '--n_filters', '2',
+    rc = cli(data_flags(phantoms) + ['--vnet_ckpt', str(tmp_path / 'vnet.pth'), '--n_filters', '2',
                                             '--list_file', str(missing), '--out_dir', str(tmp_path / 'out')])
     assert rc == 1
     assert str(missing) in one_line_error(capsys)
@@ -226,11 +240,11 @@ def test_dataset_problem_is_one_line_naming_the_file(phantoms, tmp_path, capsys)
 def test_missing_checkpoint_names_the_run_folder(tmp_path, capsys):
     run = tmp_path / 'never_trained'
     flags = ['--dataset', 'h5', '--root_path', str(tmp_path), '--snapshot_path', str(run), '--gpu', '-1']
-    assert SCRIPT.cli(flags) == 1
+    assert cli(flags) == 1
     err = one_line_error(capsys)
     assert f'run folder {run}' in err and 'train.py writes final.pth' in err
     with pytest.raises(CheckpointError):  # --debug shows the traceback instead
-        SCRIPT.cli(flags + ['--debug'])
+        cli(flags + ['--debug'])
 
 
 def test_input_folder_writes_one_label_map_per_volume(trained_run, tmp_path, capsys):
@@ -244,7 +258,7 @@ def test_input_folder_writes_one_label_map_per_volume(trained_run, tmp_path, cap
     np.save(folder / 'b.npy', volumes['b'])
     (folder / 'notes.txt').write_text('not a volume')
     out = tmp_path / 'out'
-    rc = SCRIPT.cli(['--dataset', 'h5', '--checkpoint', str(trained_run / 'final.pth'), '--input', str(folder),
+    rc = cli(['--dataset', 'h5', '--checkpoint', str(trained_run / 'final.pth'), '--input', str(folder),
                      '--out_dir', str(out), '--gpu', '-1', '--no_progress', '--nets', 'b'])
     assert rc == 0, capsys.readouterr().err
     written = out / 'predictions_input'
@@ -261,7 +275,7 @@ def test_input_folder_writes_one_label_map_per_volume(trained_run, tmp_path, cap
 
 @pytest.mark.skipif(importlib.util.find_spec('nibabel') is not None, reason='nibabel is installed')
 def test_nifti_without_nibabel_says_how_to_install(tmp_path, capsys):
-    rc = SCRIPT.cli(['--dataset', 'h5', '--root_path', str(tmp_path), '--snapshot_path', str(tmp_path), '--gpu',
+    rc = cli(['--dataset', 'h5', '--root_path', str(tmp_path), '--snapshot_path', str(tmp_path), '--gpu',
                      '-1', '--nifti'])
     assert rc == 1
     assert 'pip install nibabel' in one_line_error(capsys)
@@ -278,13 +292,13 @@ def test_nifti_input_and_predictions_when_nibabel_is_installed(phantoms, tmp_pat
     affine = np.diag([0.625, 0.625, 1.25, 1.0])
     (tmp_path / 'scans').mkdir()
     nib.save(nib.Nifti1Image(image, affine), str(tmp_path / 'scans' / 'scan.nii.gz'))
-    assert SCRIPT.cli(flags + ['--input', str(tmp_path / 'scans')]) == 0
+    assert cli(flags + ['--input', str(tmp_path / 'scans')]) == 0
     out = nib.load(str(tmp_path / 'out' / 'predictions_input' / 'scan_pred.nii.gz'))
     np.testing.assert_array_equal(out.affine, affine)
     want, _ = test_single_case([vnet], image, STRIDE, STRIDE, PATCH, 2)
     np.testing.assert_array_equal(np.asarray(out.dataobj), want)
 
-    assert SCRIPT.cli(flags + ['--save_pred']) == 0  # NIfTI is the default format with nibabel
+    assert cli(flags + ['--save_pred']) == 0  # NIfTI is the default format with nibabel
     for case_id in TEST_IDS:
         image, label = read_case(phantoms, case_id)
         saved = {s: np.asarray(nib.load(str(tmp_path / 'out' / 'predictions' / f'{case_id}_{s}.nii.gz')).dataobj)

@@ -1,7 +1,11 @@
 """Command-line entry points: a user's mistake gets one clear line, a traceback only with --debug.
 
+The convention of every script: main(argv) raises, for bad input, UsageError (a flag, or a file named on
+the command line) or the error type of the module that found the problem (DatasetError, CheckpointError,
+...); run_cli turns any of them into 'error: <one line>' and exit status 1.
+
     if __name__ == '__main__':
-        run_cli(main)       # main(argv) raises DatasetError, CheckpointError, ... for bad input
+        run_cli(main)
 """
 import argparse
 import sys
@@ -10,9 +14,14 @@ from dataloaders import DatasetError
 from dataloaders.synthetic import SyntheticDataError
 from utils.checkpoint import CheckpointError
 
+
+class UsageError(ValueError):
+    """A flag, or a file named on the command line, that cannot be used; the message is one line naming it."""
+
+
 # Errors that mean "the input is wrong", not "the program is wrong": their message is the whole
-# story. OSError covers a full disk or a folder without write permission; str() names the file.
-USER_ERRORS = (DatasetError, SyntheticDataError, CheckpointError, OSError)
+# story. OSError covers a full disk or a folder without write permission.
+USER_ERRORS = (UsageError, DatasetError, SyntheticDataError, CheckpointError, OSError)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -20,6 +29,17 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
+def message(error):
+    """The one line run_cli prints for a user error."""
+    if isinstance(error, OSError) and error.filename:
+        text = f'{error.filename}: {error.strerror or error}'
+    else:
+        text = str(error).strip()
+    if 'Original Traceback' in text:  # raised in a DataLoader worker: the last line is the error itself
+        text = text.splitlines()[-1]
+    return 'error: ' + ' '.join(text.split())
 
 
 def run_cli(main, argv=None):
@@ -34,10 +54,7 @@ def run_cli(main, argv=None):
     except USER_ERRORS as e:
         if debug:
             raise
-        text = str(e).strip()
-        if 'Original Traceback' in text:  # raised in a DataLoader worker: the last line is the error itself
-            text = text.splitlines()[-1]
-        sys.exit('error: ' + ' '.join(text.split()))
+        sys.exit(message(e))
     except KeyboardInterrupt:
         if debug:
             raise

@@ -1,4 +1,4 @@
-"""Everything train.py and test.py agree on: dataset presets, shared flags, run folder, device.
+"""Everything train.py and test.py agree on: dataset presets, shared flags, run folder, device, networks.
 
 Flags that a dataset preset may set default to None on the command line; `resolve`
 fills them from the preset, then from DEFAULTS, so `--dataset synthetic` can pick a
@@ -11,14 +11,18 @@ from pathlib import Path
 
 import torch
 
+from dataloaders.datasets import LA_PATTERN
+from networks import build_network
+from utils.cli import UsageError
+
 # One row per dataset: where it lives, how it is read, and the settings that differ.
 PRESETS = {
-    'la': dict(root_path='data/LA', pattern='{id}/mri_norm2.h5', num_classes=2,
+    'la': dict(root_path='data/LA', pattern=LA_PATTERN, num_classes=2,
                patch_size=(112, 112, 80), stride_xy=18, stride_z=4, labelnum=8),
     'pancreas': dict(root_path='data/Pancreas', pattern='{id}_norm.h5', num_classes=2,
                      patch_size=(96, 96, 96), stride_xy=16, stride_z=16, labelnum=12),
     # Generated phantoms, sized so the whole quick start runs in minutes on a laptop CPU.
-    'synthetic': dict(root_path='data/Synthetic', pattern='{id}/mri_norm2.h5', num_classes=2,
+    'synthetic': dict(root_path='data/Synthetic', pattern=LA_PATTERN, num_classes=2,
                       patch_size=(48, 48, 32), stride_xy=16, stride_z=16, labelnum=8,
                       max_iterations=300, lr_step=200, n_filters=8, batch_size=4, labeled_bs=2),
     # Any folder of h5 volumes with list files; patch and classes come from the flags.
@@ -26,7 +30,7 @@ PRESETS = {
                patch_size=(96, 96, 96), stride_xy=16, stride_z=16, labelnum=8),
 }
 
-# The paper's settings (METHOD.md), used wherever a preset is silent.
+# The paper's settings (docs/method.md), used wherever a preset is silent.
 DEFAULTS = dict(max_iterations=6000, lr_step=2500, n_filters=16, batch_size=4, labeled_bs=2)
 
 
@@ -60,18 +64,21 @@ def add_common_args(parser):
     parser.add_argument('--debug', action='store_true', help='show full tracebacks')
 
 
-def resolve(args):
-    """Fill preset-dependent flags in place and return the args as a plain dict."""
+def resolve(args, folder_required=True):
+    """Fill preset-dependent flags in place and return the args as a plain dict.
+
+    folder_required=False leaves root_path None where neither flag nor preset names a folder (test.py
+    segmenting --input volumes needs none)."""
     preset = PRESETS[args.dataset]
     for key, value in {**DEFAULTS, **preset}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    if args.root_path is None:
-        raise SystemExit(f'error: --dataset {args.dataset} has no default folder; pass --root_path')
+    if args.root_path is None and folder_required:
+        raise UsageError(f'--dataset {args.dataset} has no default folder; pass --root_path')
     if args.n_filters is not None and args.n_filters <= 0:
-        raise SystemExit(f'error: --n_filters {args.n_filters} must be positive')
+        raise UsageError(f'--n_filters {args.n_filters} must be positive')
     if args.num_classes < 2:
-        raise SystemExit(f'error: --num_classes {args.num_classes} must be at least 2')
+        raise UsageError(f'--num_classes {args.num_classes} must be at least 2')
     args.patch_size = tuple(args.patch_size)
     if args.snapshot_path is None:
         args.snapshot_path = str(Path('model') / args.dataset / f'{args.exp}_{args.method}_{args.labelnum}labels')
@@ -86,16 +93,16 @@ def select_device(gpu, local_rank=None):
     if gpu in ('-1', 'cpu'):
         return torch.device('cpu')
     if ',' in gpu:
-        raise SystemExit(f'error: --gpu {gpu}: one process uses one GPU; for several, run '
+        raise UsageError(f'--gpu {gpu}: one process uses one GPU; for several, run '
                          f'torchrun --nproc_per_node {len(gpu.split(","))} train.py ... '
                          f'(with CUDA_VISIBLE_DEVICES={gpu})')
     if not gpu.isdigit():
-        raise SystemExit(f'error: --gpu {gpu}: expected a CUDA index, -1 or cpu')
+        raise UsageError(f'--gpu {gpu}: expected a CUDA index, -1 or cpu')
     if not torch.cuda.is_available():
         warnings.warn(f'--gpu {gpu}: CUDA is not available, running on the CPU', stacklevel=2)
         return torch.device('cpu')
     if int(gpu) >= torch.cuda.device_count():
-        raise SystemExit(f'error: --gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s) visible')
+        raise UsageError(f'--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s) visible')
     return torch.device('cuda', int(gpu))
 
 
@@ -104,3 +111,17 @@ def env_rank():
     if 'RANK' in os.environ and 'WORLD_SIZE' in os.environ:
         return int(os.environ['RANK']), int(os.environ['WORLD_SIZE']), int(os.environ.get('LOCAL_RANK', 0))
     return 0, 1, None
+
+
+# The pair by role, as build_network names them; a train.py checkpoint stores role r as 'net_' + r.
+PAIR = {'a': 'vnet', 'b': 'resnet34'}
+
+
+def build_net(which, num_classes, n_filters, has_dropout=True):
+    """Network A (V-Net) or B (ResNet-34 V-Net) of the pair: one input channel, BatchNorm, as published.
+
+    Dropout is on by default because the released training uses it; eval() turns it off, and the state
+    dict does not depend on it, so one builder serves training, evaluation and published checkpoints.
+    """
+    return build_network(PAIR[which], n_channels=1, n_classes=num_classes, n_filters=n_filters,
+                         normalization='batchnorm', has_dropout=has_dropout)
