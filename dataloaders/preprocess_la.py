@@ -35,9 +35,9 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from .datasets import LA_SUBDIR
 from .nrrd import read_nrrd
 
-H5_FOLDER = '2018LA_Seg_Training Set'
 IMAGE_FILE, LABEL_FILE = 'lgemri.nrrd', 'laendo.nrrd'
 CAVEAT = ('Caveat: this preprocessing crops every volume, test volumes included, around its '
           'ground-truth label, so LA results on its output are optimistic.')
@@ -161,7 +161,7 @@ def preprocess_la(raw_dir, out_dir, seed=1337, margin=(10, 20), min_extent=(112,
         laendo, _ = read_nrrd(raw_dir / case_id / LABEL_FILE)
         image, label, _ = preprocess_case(image, laendo, np.random.default_rng([seed, index]),
                                           margin, min_extent, zscore, name=f"case {case_id}")
-        _write_h5(out_dir / H5_FOLDER / case_id / 'mri_norm2.h5', image, label)
+        _write_h5(out_dir / LA_SUBDIR / case_id / 'mri_norm2.h5', image, label)
     (out_dir / 'train.list').write_text(''.join(i + '\n' for i in train_ids))
     if test_ids is not None:
         (out_dir / 'test.list').write_text(''.join(i + '\n' for i in test_ids))
@@ -172,7 +172,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog='python -m dataloaders.preprocess_la',
         description='Raw 2018 LA challenge folders (<id>/lgemri.nrrd, <id>/laendo.nrrd) -> '
-                    'OUT/2018LA_Seg_Training Set/<id>/mri_norm2.h5 and OUT/train.list, cropped '
+                    f'OUT/{LA_SUBDIR}/<id>/mri_norm2.h5 and OUT/train.list, cropped '
                     'in x/y around the label with seeded random margins as the UA-MT lineage did. '
                     + CAVEAT)
     parser.add_argument('--raw_dir', required=True, help='folder of case folders')
@@ -194,7 +194,7 @@ def main(argv=None):
                             tuple(args.min_extent), args.zscore, train_ids, test_ids)
     except (ValueError, OSError) as err:
         sys.exit(f"preprocess_la: error: {err}")
-    print(f"preprocess_la: wrote {len(ids)} cases to {Path(args.out_dir) / H5_FOLDER}")
+    print(f"preprocess_la: wrote {len(ids)} cases to {Path(args.out_dir) / LA_SUBDIR}")
     print(f"preprocess_la: {CAVEAT}")
     return 0
 

@@ -33,7 +33,8 @@ import h5py
 import numpy as np
 from scipy import ndimage
 
-H5_FOLDER = '2018LA_Seg_Training Set'
+from .datasets import LA_SUBDIR
+
 PARAMS_FILE = 'synthetic.json'
 FORMAT = 'dataloaders.synthetic/1'
 
@@ -284,7 +285,7 @@ def _is_complete(out_dir, params):
         path = out_dir / name
         if not path.is_file() or path.read_text().split() != ids:
             return False
-    return all((out_dir / H5_FOLDER / i / 'mri_norm2.h5').is_file() for i in train_ids + test_ids)
+    return all((out_dir / LA_SUBDIR / i / 'mri_norm2.h5').is_file() for i in train_ids + test_ids)
 
 
 def _matches(out_dir, params):
@@ -297,13 +298,13 @@ def _remove_synthetic(out_dir, params):
     """Delete exactly the files an earlier generation with these params wrote."""
     train_ids, test_ids = _case_ids(params)
     for case_id in train_ids + test_ids:
-        case_dir = out_dir / H5_FOLDER / case_id
+        case_dir = out_dir / LA_SUBDIR / case_id
         (case_dir / 'mri_norm2.h5').unlink(missing_ok=True)
         if case_dir.is_dir() and not any(case_dir.iterdir()):
             case_dir.rmdir()
     for name in ('train.list', 'test.list', PARAMS_FILE):
         (out_dir / name).unlink(missing_ok=True)
-    h5_dir = out_dir / H5_FOLDER
+    h5_dir = out_dir / LA_SUBDIR
     if h5_dir.is_dir() and not any(h5_dir.iterdir()):
         h5_dir.rmdir()
 
@@ -363,7 +364,7 @@ def make_synthetic_dataset(out_dir, num_train=40, num_test=10, shape=(64, 64, 48
     train_ids, test_ids = _case_ids(params)
     for index, case_id in enumerate(train_ids + test_ids):
         image, label = make_phantom(np.random.default_rng([seed, index]), shape, num_classes)
-        _write_case(out_dir / H5_FOLDER / case_id / 'mri_norm2.h5', image, label)
+        _write_case(out_dir / LA_SUBDIR / case_id / 'mri_norm2.h5', image, label)
     (out_dir / 'train.list').write_text(''.join(i + '\n' for i in train_ids))
     (out_dir / 'test.list').write_text(''.join(i + '\n' for i in test_ids))
     _write_json(out_dir / PARAMS_FILE, {**params, 'complete': True})
@@ -380,7 +381,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog='python -m dataloaders.synthetic',
         description='Generate phantom "left atrium" volumes in the LA folder layout '
-                    '(train.list, test.list, 2018LA_Seg_Training Set/<id>/mri_norm2.h5).')
+                    f'(train.list, test.list, {LA_SUBDIR}/<id>/mri_norm2.h5).')
     parser.add_argument('--out', required=True, help='output folder, e.g. data/Synthetic')
     parser.add_argument('--num_train', type=int, default=40)
     parser.add_argument('--num_test', type=int, default=10)

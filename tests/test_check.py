@@ -7,8 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
+from dataloaders.datasets import LA_SUBDIR
+
 REPO = Path(__file__).resolve().parents[1]
-SUBDIR = '2018LA_Seg_Training Set'
 
 
 def run_check(*args):
@@ -21,7 +22,7 @@ def write_case(folder, case_id, image=None, label=None):
     rng = np.random.default_rng(len(case_id))
     image = rng.standard_normal((8, 8, 8)).astype(np.float32) if image is None else image
     label = (image > 0).astype(np.uint8) if label is None else label
-    path = folder / SUBDIR / case_id / 'mri_norm2.h5'
+    path = folder / LA_SUBDIR / case_id / 'mri_norm2.h5'
     path.parent.mkdir(parents=True)
     with h5py.File(path, 'w') as f:
         for key, value in (('image', image), ('label', label)):

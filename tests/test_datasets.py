@@ -11,9 +11,14 @@ from torch.utils.data import DataLoader
 
 from dataloaders import (DatasetError, H5Dataset, IterationBatchSampler, LabeledBatchSampler, LAHeart,
                          RandomCrop, RandomNoise, ToTensor, Compose, validate_case)
+from dataloaders.datasets import LA_SUBDIR
 
 LA_DIR = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'LA'
-LA_SUBDIR = '2018LA_Seg_Training Set'
+
+
+def test_la_folder_is_named_as_ua_mt_distributes_it():
+    # spelled out here, not imported: the one place that checks the name against the published data
+    assert LA_SUBDIR == '2018LA_Seg_Training Set'
 
 
 def write_case(path, image=None, label=None, shape=(12, 10, 8), seed=0, num_classes=2, **kw):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from dataloaders import preprocess_la as pre
+from dataloaders.datasets import LA_SUBDIR
 from dataloaders.nrrd import read_nrrd, write_nrrd
 
 REPO = Path(__file__).resolve().parents[1]
-H5 = '2018LA_Seg_Training Set'
 
 
 # ----------------------------------------------------------------------------- nrrd
@@ -99,7 +99,7 @@ def make_raw_case(root, case_id, shape=(150, 140, 12), box=((60, 81), (50, 66), 
 
 
 def read_h5(root, case_id):
-    with h5py.File(root / H5 / case_id / 'mri_norm2.h5', 'r') as f:
+    with h5py.File(root / LA_SUBDIR / case_id / 'mri_norm2.h5', 'r') as f:
         return f['image'][()], f['label'][()]
 
 
@@ -229,5 +229,5 @@ def test_cli_module_entry_and_caveat(tmp_path):
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert 'wrote 1 cases' in result.stdout and 'test volumes included' in result.stdout
-    assert (tmp_path / 'out' / H5 / 'CASE1' / 'mri_norm2.h5').is_file()
+    assert (tmp_path / 'out' / LA_SUBDIR / 'CASE1' / 'mri_norm2.h5').is_file()
     assert 'test volumes included' in ' '.join(pre.__doc__.split())

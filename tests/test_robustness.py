@@ -23,13 +23,13 @@ import torch
 
 import train
 from dataloaders import H5Dataset
+from dataloaders.datasets import LA_SUBDIR
 from conftest import train_argv
 from networks import ResNet34VNet, VNet
 from utils.checkpoint import CheckpointError
 from utils.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-H5_DIR = '2018LA_Seg_Training Set'
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
 STEPS = 30  # long enough that a signal sent after the first checkpoint lands mid-run
 
@@ -78,8 +78,8 @@ def copy_dataset(src, dst, ids=None):
     """A training folder with the first `ids` phantom cases (all by default) and its train.list."""
     ids = ids or (Path(src) / 'train.list').read_text().split()
     for i in ids:
-        (dst / H5_DIR / i).mkdir(parents=True)
-        shutil.copy(Path(src) / H5_DIR / i / 'mri_norm2.h5', dst / H5_DIR / i / 'mri_norm2.h5')
+        (dst / LA_SUBDIR / i).mkdir(parents=True)
+        shutil.copy(Path(src) / LA_SUBDIR / i / 'mri_norm2.h5', dst / LA_SUBDIR / i / 'mri_norm2.h5')
     (dst / 'train.list').write_text('\n'.join(ids) + '\n')
     return dst
 
@@ -88,7 +88,7 @@ def bad_case(image=None, label=None, raw=None, **extra_keys):
     """Data builder: the phantoms with case phantom_002 replaced by the given arrays or bytes."""
     def build(src, dst):
         copy_dataset(src, dst)
-        path = dst / H5_DIR / 'phantom_002' / 'mri_norm2.h5'
+        path = dst / LA_SUBDIR / 'phantom_002' / 'mri_norm2.h5'
         if raw is not None:
             path.write_bytes(raw(path.read_bytes()))
             return
@@ -335,7 +335,7 @@ def test_failed_write_keeps_previous_checkpoint(phantoms, tmp_path, monkeypatch,
 def test_file_vanishing_during_training_gives_one_line_from_a_worker(phantoms, tmp_path, monkeypatch):
     data = copy_dataset(phantoms, tmp_path / 'data')
     monkeypatch.setattr(H5Dataset, 'validate', lambda self, num_classes=None: None)  # as if it vanished later
-    victim = data / H5_DIR / 'phantom_000' / 'mri_norm2.h5'
+    victim = data / LA_SUBDIR / 'phantom_000' / 'mri_norm2.h5'
     victim.unlink()
     with pytest.raises(SystemExit) as e:
         run_cli(train.main, args(data, tmp_path / 'run', max_iterations=8, num_workers=1))

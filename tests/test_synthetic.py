@@ -11,15 +11,15 @@ import pytest
 from scipy import ndimage
 
 from dataloaders import synthetic
+from dataloaders.datasets import LA_SUBDIR
 from dataloaders.synthetic import SyntheticDataError, make_phantom, make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-H5 = '2018LA_Seg_Training Set'
 SMALL = dict(num_train=2, num_test=1, shape=(32, 32, 32))
 
 
 def read_case(root, case_id):
-    with h5py.File(root / H5 / case_id / 'mri_norm2.h5', 'r') as f:
+    with h5py.File(root / LA_SUBDIR / case_id / 'mri_norm2.h5', 'r') as f:
         assert sorted(f.keys()) == ['image', 'label']
         return f['image'][()], f['label'][()]
 
@@ -51,13 +51,13 @@ def default_set(tmp_path_factory):
 
 
 def test_layout_is_la(default_set):
-    assert sorted(p.name for p in default_set.iterdir()) == [H5, 'synthetic.json', 'test.list', 'train.list']
+    assert sorted(p.name for p in default_set.iterdir()) == [LA_SUBDIR, 'synthetic.json', 'test.list', 'train.list']
     train = (default_set / 'train.list').read_text().splitlines()
     test = (default_set / 'test.list').read_text().splitlines()
     assert len(train) == 6 and len(test) == 2 and not set(train) & set(test)
-    assert sorted(p.name for p in (default_set / H5).iterdir()) == sorted(train + test)
+    assert sorted(p.name for p in (default_set / LA_SUBDIR).iterdir()) == sorted(train + test)
     for case_id in train + test:
-        assert [p.name for p in (default_set / H5 / case_id).iterdir()] == ['mri_norm2.h5']
+        assert [p.name for p in (default_set / LA_SUBDIR / case_id).iterdir()] == ['mri_norm2.h5']
         image, label = read_case(default_set, case_id)
         assert image.dtype == np.float32 and label.dtype == np.uint8
         assert image.shape == label.shape == (64, 64, 48)
@@ -152,7 +152,7 @@ def test_three_class_dataset(tmp_path):
 
 def test_refuses_foreign_data(tmp_path):
     root = tmp_path / 'LA'
-    (root / H5).mkdir(parents=True)
+    (root / LA_SUBDIR).mkdir(parents=True)
     (root / 'train.list').write_text('real_case\n')
     for overwrite in (False, True):
         with pytest.raises(SyntheticDataError, match='not a synthetic set'):
@@ -186,16 +186,16 @@ def test_other_parameters_need_overwrite(tmp_path):
     make_synthetic_dataset(root, num_train=1, num_test=1, shape=(32, 32, 32), seed=1, overwrite=True)
     assert (root / 'train.list').read_text().split() == ['phantom_000']
     assert (root / 'test.list').read_text().split() == ['phantom_001']
-    assert sorted(p.name for p in (root / H5).iterdir()) == ['phantom_000', 'phantom_001']
+    assert sorted(p.name for p in (root / LA_SUBDIR).iterdir()) == ['phantom_000', 'phantom_001']
     assert not np.array_equal(read_case(root, 'phantom_000')[0], first)
     assert json.loads((root / 'synthetic.json').read_text())['seed'] == 1
 
 
 def test_interrupted_set_is_redone(tmp_path):
     root = make_synthetic_dataset(tmp_path / 's', **SMALL)
-    (root / H5 / 'phantom_001' / 'mri_norm2.h5').unlink()
+    (root / LA_SUBDIR / 'phantom_001' / 'mri_norm2.h5').unlink()
     make_synthetic_dataset(root, **SMALL)  # ours, same parameters, incomplete: regenerated
-    assert (root / H5 / 'phantom_001' / 'mri_norm2.h5').is_file()
+    assert (root / LA_SUBDIR / 'phantom_001' / 'mri_norm2.h5').is_file()
 
 
 def test_bad_arguments(tmp_path):
