@@ -1,7 +1,7 @@
 """Sliding-window speed on one volume: utils.inference.test_single_case against two per-window loops.
 
-    python benchmarks/inference_speed.py --volume "../shared/data/LA/2018LA_Seg_Training Set/<id>/mri_norm2.h5"
-    python benchmarks/inference_speed.py --volume ... --stride_xy 36 --stride_z 8 --repeats 2   # fewer windows
+    python -m benchmarks.inference_speed --volume "data/LA/2018LA_Seg_Training Set/<id>/mri_norm2.h5"
+    python -m benchmarks.inference_speed --volume ... --stride_xy 36 --stride_z 8 --repeats 2   # fewer windows
 
 The pair (VNet + ResNet34VNet, random weights, eval mode) segments the same volume three ways, interleaved
 so that a slow spell of a shared machine hits every method alike:
@@ -12,56 +12,22 @@ so that a slow spell of a shared machine hits every method alike:
                      every forward)
 and prints the seconds of each run, the ratios of the fastest runs, and how far the outputs agree.
 """
-import argparse
-import contextlib
 import math
 import os
-import sys
 import time
-from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, import the project
-
-from networks import ResNet34VNet, VNet  # noqa: E402
-from utils.config import parse_patch, select_device  # noqa: E402
-from utils.inference import test_single_case  # noqa: E402
-
-
-def per_window_loop(nets, image, stride_xy, stride_z, patch, num_classes, device, grad):
-    """The lineage's sliding window, written out: pad on the host, visit windows at min(s*i, L-p), average
-    the nets' softmax per window, accumulate score and count maps in numpy, divide, argmax, unpad."""
-    pads = [(max(p - n, 0) // 2, max(p - n, 0) - max(p - n, 0) // 2) for n, p in zip(image.shape, patch)]
-    padded = np.pad(image, pads, mode='constant')
-    X, Y, Z = padded.shape
-    px, py, pz = patch
-    score = np.zeros((num_classes, X, Y, Z), np.float32)
-    count = np.zeros((X, Y, Z), np.float32)
-    steps = [math.ceil((n - p) / s) + 1 for n, p, s in zip((X, Y, Z), patch, (stride_xy, stride_xy, stride_z))]
-    with contextlib.nullcontext() if grad else torch.no_grad():
-        for i in range(steps[0]):
-            xs = min(stride_xy * i, X - px)
-            for j in range(steps[1]):
-                ys = min(stride_xy * j, Y - py)
-                for k in range(steps[2]):
-                    zs = min(stride_z * k, Z - pz)
-                    window = padded[xs:xs + px, ys:ys + py, zs:zs + pz][None, None].astype(np.float32)
-                    x = torch.from_numpy(window).to(device)
-                    prob = sum(torch.softmax(net(x)[0], dim=1) for net in nets) / len(nets)
-                    score[:, xs:xs + px, ys:ys + py, zs:zs + pz] += prob.detach().cpu().numpy()[0]
-                    count[xs:xs + px, ys:ys + py, zs:zs + pz] += 1
-    score /= count[None]
-    (x0, _), (y0, _), (z0, _) = pads
-    w, h, d = image.shape
-    score = score[:, x0:x0 + w, y0:y0 + h, z0:z0 + d]
-    return score.argmax(0), score
+from benchmarks.lineage import per_window_loop
+from utils.cli import OneLineParser, run_cli
+from utils.config import build_net, parse_patch, select_device
+from utils.inference import test_single_case
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = OneLineParser(description=__doc__.split('\n')[0])
     p.add_argument('--volume', required=True, help='an .h5 file with an "image" dataset (X,Y,Z)')
     p.add_argument('--patch_size', type=parse_patch, default=(112, 112, 80))
     p.add_argument('--stride_xy', type=int, default=18)
@@ -83,9 +49,8 @@ def main(argv=None):
     with h5py.File(args.volume, 'r') as f:
         image = f['image'][()].astype(np.float32)
     torch.manual_seed(args.seed)
-    kw = dict(n_channels=1, n_classes=args.num_classes, n_filters=args.n_filters, has_dropout=True)
-    nets = [VNet(**kw)] + ([ResNet34VNet(**kw)] if args.nets == 'both' else [])
-    nets = [net.to(device).eval() for net in nets]
+    nets = [build_net(w, args.num_classes, args.n_filters).to(device).eval()
+            for w in (['a', 'b'] if args.nets == 'both' else ['a'])]
     patch = tuple(args.patch_size)
     padded = [max(n, q) for n, q in zip(image.shape, patch)]
     n_windows = math.prod(math.ceil((n - q) / s) + 1
@@ -144,4 +109,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -1,7 +1,7 @@
 """Does the dual network beat its baselines on real LA data? A CPU-sized version of the LA protocol.
 
-    python benchmarks/la_cpu.py --la_root ../shared/data/LA            # 80-volume development split
-    python benchmarks/la_cpu.py --la_root data/LA --standard            # the standard train.list/test.list
+    python -m benchmarks.la_cpu --la_root data/LA              # development split: a train.list of 80 ids
+    python -m benchmarks.la_cpu --la_root data/LA --standard   # the standard train.list/test.list
 
 Resamples every volume (image linear, label nearest neighbour; cached), trains sup, pair-sup (dual with
 every unsupervised weight 0), mt and dual with the same labeled volumes and iteration budget through
@@ -26,8 +26,11 @@ import h5py
 import numpy as np
 from scipy import ndimage
 
+from dataloaders import read_list
+from dataloaders.datasets import LA_SUBDIR
+from utils.cli import UsageError, run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
-SUBDIR = '2018LA_Seg_Training Set'
 
 # Extra train.py flags of each method; pair-sup is dual with every unsupervised weight 0.
 METHODS = {
@@ -59,26 +62,22 @@ METHODS = {
 }
 
 
-def read_ids(path):
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def build_cache(args):
     """Resampled copies of the volumes in the LA layout, with train.list / test.list of the split."""
     la = Path(args.la_root)
     if args.standard:
-        train_ids, test_ids = read_ids(la / 'train.list'), read_ids(la / 'test.list')
+        train_ids, test_ids = read_list(la / 'train.list'), read_list(la / 'test.list')
     else:
-        ids = read_ids(la / 'train.list')
+        ids = read_list(la / 'train.list')
         if len(ids) < 80:
-            sys.exit(f'error: {la / "train.list"} lists {len(ids)} ids; the development split needs 80')
+            raise UsageError(f'{la / "train.list"} lists {len(ids)} ids; the development split needs 80')
         train_ids, test_ids = ids[:60], ids[60:80]
     cache = Path(args.cache) / f'scale{args.scale:g}'
     for case in train_ids + test_ids:
-        out = cache / SUBDIR / case / 'mri_norm2.h5'
+        out = cache / LA_SUBDIR / case / 'mri_norm2.h5'
         if out.is_file():
             continue
-        with h5py.File(la / SUBDIR / case / 'mri_norm2.h5', 'r') as f:
+        with h5py.File(la / LA_SUBDIR / case / 'mri_norm2.h5', 'r') as f:
             image, label = f['image'][:], f['label'][:]
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix('.tmp')
@@ -132,7 +131,7 @@ def train_and_test(method, seed, cache, args):
         saved = json.loads((run_dir / 'config.json').read_text())
         stale = {k: saved.get(k) for k, v in settings.items() if not same(saved.get(k), v)}
         if stale:
-            sys.exit(f'error: {run_dir} was trained with {stale}, not {settings}; pass another --out')
+            raise UsageError(f'{run_dir} was trained with {stale}, not {settings}; pass another --out')
     if not (run_dir / 'final.pth').is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
@@ -184,7 +183,7 @@ def mean_std(values):
     return (values.mean(), values.std()) if len(values) else (float('nan'), float('nan'))
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--la_root', default='data/LA', help='LA folder with train.list and the h5 folder')
@@ -206,12 +205,12 @@ def main():
     p.add_argument('--gpu', default='-1')
     p.add_argument('--cache', default=str(ROOT / 'benchmarks' / 'cache'))
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'cache' / 'la_cpu_runs'))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.lr_step = args.lr_step or max(1, args.iterations * 5 // 12)
     methods = args.methods.split(',')
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        sys.exit(f'error: --methods: unknown {unknown}; choose from {sorted(METHODS)}')
+        raise UsageError(f'--methods: unknown {unknown}; choose from {sorted(METHODS)}')
     seeds = [int(s) for s in args.seeds.split(',')]
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
 
@@ -268,4 +267,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

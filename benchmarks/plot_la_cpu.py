@@ -1,6 +1,6 @@
 """Per-case paired Dice of dual against each baseline of a la_cpu.py comparison, as one PNG.
 
-    python benchmarks/plot_la_cpu.py benchmarks/cache/la_cpu_runs --out docs/la_cpu_paired.png
+    python -m benchmarks.plot_la_cpu benchmarks/cache/la_cpu_runs --out docs/la_cpu_paired.png
 
 Reads RUNS_DIR/<method>_seed<seed>/test_cases.csv (la_cpu.py writes them through test.py). One panel per
 baseline: the baseline's Dice (x) against dual's (y) on the same test case and seed, all seeds pooled, one
@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from dataloaders.pictures import optional_import
 
-from dataloaders.pictures import optional_import  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RUN_NAME = re.compile(r'^(?P<method>.+)_seed(?P<seed>\d+)$')
 # Baselines in the README's order, then any other method (an ablation) by name.

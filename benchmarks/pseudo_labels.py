@@ -1,6 +1,6 @@
 """How good are the pseudo-labels the dual losses train on? Measured against the hidden labels.
 
-    python benchmarks/pseudo_labels.py --checkpoint RUN/final.pth --root_path benchmarks/cache/scale0.5
+    python -m benchmarks.pseudo_labels --checkpoint RUN/final.pth --root_path benchmarks/cache/scale0.5
 
 The unlabeled volumes of a run (train.list after the first --labelnum ids) have labels on disk that
 training never reads. This script draws batches of random crops from them, as training does, runs
@@ -9,21 +9,18 @@ the losses see) and scores what terms 5 and 6 would train on: each network's arg
 pseudo-label yhat of L_cps and its reliable set R, and the winner's argmax that L_urps distils.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dataloaders import RandomCrop, normalize_intensity, read_case, read_list  # noqa: E402
-from losses import cross_pseudo_label  # noqa: E402
-from networks import ResNet34VNet, VNet  # noqa: E402
-from utils.checkpoint import load_checkpoint, load_weights  # noqa: E402
-from utils.cli import OneLineParser, run_cli  # noqa: E402
+from dataloaders import RandomCrop, normalize_intensity, read_case, read_list
+from dataloaders.datasets import LA_PATTERN, LA_SUBDIR
+from losses import cross_pseudo_label
+from utils.checkpoint import load_checkpoint, load_weights
+from utils.cli import OneLineParser, UsageError, run_cli
+from utils.config import build_net
 
 
 def dice(pred, gt):
@@ -43,7 +40,7 @@ def main(argv=None):
     p = OneLineParser(description=__doc__.split('\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--checkpoint', required=True, nargs='+', help='dual checkpoints (final.pth of train.py)')
     p.add_argument('--root_path', required=True)
-    p.add_argument('--pattern', default='2018LA_Seg_Training Set/{id}/mri_norm2.h5')
+    p.add_argument('--pattern', default=f'{LA_SUBDIR}/{LA_PATTERN}')
     p.add_argument('--batches', type=int, default=40)
     p.add_argument('--eval', action='store_true', help='eval mode (no dropout, running BN statistics)')
     p.add_argument('--seed', type=int, default=0)
@@ -54,10 +51,8 @@ def main(argv=None):
         ckpt = load_checkpoint(path)
         cfg = ckpt.get('config') if isinstance(ckpt, dict) else None
         if not cfg or 'net_b' not in ckpt:
-            sys.exit(f'error: {path}: not a dual checkpoint written by train.py')
-        kw = dict(n_channels=1, n_classes=cfg['num_classes'], n_filters=cfg['n_filters'],
-                  normalization='batchnorm', has_dropout=not args.eval)
-        nets = [VNet(**kw), ResNet34VNet(**kw)]
+            raise UsageError(f'{path}: not a dual checkpoint written by train.py')
+        nets = [build_net(w, cfg['num_classes'], cfg['n_filters'], has_dropout=not args.eval) for w in 'ab']
         for net, key in zip(nets, ('net_a', 'net_b')):
             load_weights(net, ckpt[key], f'{path} [{key}]')
             net.train(not args.eval)

@@ -1,8 +1,8 @@
 """How close is each step to its speed limit? Ratios measured side by side in one run.
 
-    python benchmarks/speed.py --la_root ../shared/data/LA                    # CPU-sized defaults
-    python benchmarks/speed.py --la_root data/LA --gpu 0 --patch_size 112,112,80 --n_filters 16
-    python benchmarks/speed.py ... --checkpoint benchmarks/cache/la_cpu_runs/dual_seed1337/final.pth
+    python -m benchmarks.speed --la_root data/LA                         # CPU-sized defaults
+    python -m benchmarks.speed --la_root data/LA --gpu 0 --patch_size 112,112,80 --n_filters 16
+    python -m benchmarks.speed ... --checkpoint benchmarks/cache/la_cpu_runs/dual_seed1337/final.pth
 
 Sections (each prints its own lines; the closing table collects the ratios):
   step      one full dual step (every loss term, both optimisers) over the same step with only the two
@@ -27,18 +27,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / 'benchmarks'))
+import train
+from benchmarks.lineage import per_window_loop
+from dataloaders import Compose, H5Dataset, IterationBatchSampler, RandomCrop, ToTensor, TwoStreamBatchSampler
+from utils.checkpoint import load_checkpoint, load_weights
+from utils.cli import run_cli
+from utils.config import parse_patch, select_device
+from utils.inference import gaussian_weight, overlap_strides, test_single_case
+from utils.metrics import calculate_metric_percase
 
-import train  # noqa: E402
-from dataloaders import (Compose, H5Dataset, IterationBatchSampler, RandomCrop, ToTensor,  # noqa: E402
-                         TwoStreamBatchSampler)
-from inference_speed import per_window_loop  # noqa: E402
-from utils.checkpoint import load_checkpoint, load_weights  # noqa: E402
-from utils.config import parse_patch, select_device  # noqa: E402
-from utils.inference import gaussian_weight, overlap_strides, test_single_case  # noqa: E402
-from utils.metrics import calculate_metric_percase  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SUPERVISED_ONLY = dict(alpha_mc=0, lambda_reg=0, lambda_urps=0, lambda_cps=0, lambda_con=0)
 
@@ -190,10 +188,11 @@ def bench_memory(args, results):
     """Peak memory of one training step, each variant in a fresh process so peaks do not mix."""
     peaks = {}
     for name, con in (('with contrastive', '0.1'), ('without contrastive', '0')):
-        out = subprocess.run([sys.executable, __file__, '--la_root', str(args.la_root), '--gpu', args.gpu,
-                              '--patch_size', ','.join(map(str, args.patch_size)), '--n_filters',
-                              str(args.n_filters), '--labelnum', str(args.labelnum), '--_memory_probe', con],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, '-m', 'benchmarks.speed', '--la_root', str(Path(args.la_root).resolve()),
+                              '--gpu', args.gpu, '--patch_size', ','.join(map(str, args.patch_size)),
+                              '--n_filters', str(args.n_filters), '--labelnum', str(args.labelnum),
+                              '--_memory_probe', con],
+                             cwd=ROOT, capture_output=True, text=True, check=True)
         peaks[name] = json.loads(out.stdout.strip().splitlines()[-1])
     unit = 'MiB max allocated (CUDA)' if peaks['with contrastive']['cuda'] else 'MiB peak RSS'
     print('memory: ' + ', '.join(f'{k} {v["mib"]:.0f}' for k, v in peaks.items()) + f' {unit}')
@@ -262,4 +261,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

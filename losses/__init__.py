@@ -1,4 +1,4 @@
-"""One loss per term of METHOD.md's training iteration, plus the mean-teacher MSE."""
+"""One loss per term of the training iteration (docs/method.md, "The loss terms"), plus the mean-teacher MSE."""
 from .supervised import dice_loss, supervised_loss
 from .mutual_correction import confident_disagreement, mutual_correction_loss
 from .consistency import cosine_consistency_loss

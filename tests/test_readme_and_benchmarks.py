@@ -4,6 +4,7 @@ Long commands (full LA training, the benchmarks) are exercised here as smoke run
 start runs as written in .ci/run.
 """
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -75,7 +76,7 @@ def test_every_readme_command_parses(command):
 def test_la_cpu_benchmark_runs_on_phantoms(phantoms, tmp_path):
     """The accuracy benchmark end to end, tiny: 2 methods, 2 iterations, on the phantoms' train/test lists."""
     out = tmp_path / 'runs'
-    done = run([sys.executable, 'benchmarks/la_cpu.py', '--la_root', str(phantoms), '--standard', '--scale', '1',
+    done = run([sys.executable, '-m', 'benchmarks.la_cpu', '--la_root', str(phantoms), '--standard', '--scale', '1',
                 '--patch_size', '16,16,16', '--stride_xy', '16', '--stride_z', '16', '--n_filters', '2',
                 '--iterations', '2', '--labelnum', '4', '--methods', 'pairsup,dual', '--num_workers', '0',
                 '--cache', str(tmp_path / 'cache'), '--out', str(out)], timeout=600)
@@ -89,27 +90,57 @@ def test_la_cpu_benchmark_runs_on_phantoms(phantoms, tmp_path):
     assert (out / 'dual_seed1337' / 'nets_a' / 'test_cases.csv').is_file()
 
     # a finished run is not silently reused for other settings
-    again = run([sys.executable, 'benchmarks/la_cpu.py', '--la_root', str(phantoms), '--standard', '--scale', '1',
+    again = run([sys.executable, '-m', 'benchmarks.la_cpu', '--la_root', str(phantoms), '--standard', '--scale', '1',
                  '--patch_size', '16,16,16', '--n_filters', '2', '--iterations', '3', '--labelnum', '4',
                  '--methods', 'dual', '--cache', str(tmp_path / 'cache'), '--out', str(out)], timeout=600)
     assert again.returncode != 0 and 'pass another --out' in again.stderr
 
     # the pseudo-label audit reads the dual run; percentages and volume ratios are in range
-    audit = run([sys.executable, 'benchmarks/pseudo_labels.py', '--checkpoint', str(out / 'dual_seed1337' / 'final.pth'),
+    audit = run([sys.executable, '-m', 'benchmarks.pseudo_labels',
+                 '--checkpoint', str(out / 'dual_seed1337' / 'final.pth'),
                  '--root_path', str(tmp_path / 'cache' / 'scale1'), '--batches', '2'], timeout=600)
     assert audit.returncode == 0, audit.stderr[-2000:]
     shares = [float(w.rstrip('%,')) for w in audit.stdout.split() if w.replace('.', '').rstrip('%,').isdigit()]
     assert len(shares) >= 10 and all(0 <= v <= 100 for v in shares[:10])
-    refused = run([sys.executable, 'benchmarks/pseudo_labels.py', '--checkpoint',
+    refused = run([sys.executable, '-m', 'benchmarks.pseudo_labels', '--checkpoint',
                    str(out / 'pairsup_seed1337' / 'config.json'), '--root_path', str(phantoms)])
     assert refused.returncode != 0 and refused.stderr.count('\n') == 1 and 'config.json' in refused.stderr
 
 
 def test_speed_benchmark_runs_on_phantoms(phantoms):
-    done = run([sys.executable, 'benchmarks/speed.py', '--la_root', str(phantoms), '--patch_size', '16,16,16',
+    done = run([sys.executable, '-m', 'benchmarks.speed', '--la_root', str(phantoms), '--patch_size', '16,16,16',
                 '--n_filters', '2', '--stride_xy', '16', '--stride_z', '16', '--repeats', '1', '--data_batches', '2',
                 '--num_workers', '0', '--labelnum', '4'], timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     for ratio in ('step: full dual / supervised-only pair', 'inference: test_single_case / naive no_grad',
                   'data: loader samples/s / step samples/s', 'memory: with / without contrastive'):
         assert f'| {ratio} |' in done.stdout
+
+
+def user_facing_files():
+    """Every text file a user of a clone reads: the README, docs, scripts and the code folders (not tests/,
+    .ci/ or what runs leave behind)."""
+    skip = {'tests', '.ci', '.git', 'data', 'model', 'cache', '__pycache__', '.pytest_cache', '.venv'}
+    for path in sorted(REPO.rglob('*')):
+        parts = set(path.relative_to(REPO).parts)
+        if path.is_file() and path.suffix in ('.py', '.md', '.txt', '.cff') and not parts & skip:
+            yield path
+
+
+def test_user_facing_files_point_only_at_what_the_repository_holds():
+    for path in user_facing_files():
+        text = path.read_text()
+        for absent in ('../shared', 'METHOD.md'):
+            assert absent not in text, f'{path.relative_to(REPO)} names {absent}'
+        if path.suffix == '.md':  # relative links resolve to files of the repository
+            for target in re.findall(r'\]\(([^)#\s]+)(?:#[^)]*)?\)', text):
+                if '://' not in target:
+                    assert (path.parent / target).exists(), f'{path.relative_to(REPO)} links to {target}'
+
+
+def test_benchmarks_run_as_modules_without_path_edits():
+    for path in sorted((REPO / 'benchmarks').glob('*.py')):
+        assert 'sys.path' not in path.read_text(), path.name
+        if path.stem not in ('__init__', 'lineage'):
+            done = run([sys.executable, '-m', f'benchmarks.{path.stem}', '--help'])
+            assert done.returncode == 0 and 'usage' in done.stdout, (path.name, done.stderr[-1000:])

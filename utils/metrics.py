@@ -62,7 +62,8 @@ def calculate_metric_percase(pred, gt, spacing=None, lineage_empty=False):
     """(dice, jaccard, hd95, asd) of the foreground (non-zero) of pred (X,Y,Z) against gt (X,Y,Z), as Python floats.
 
     An empty prediction gives (0, 0, nan, nan): its distances are undefined, and the caller leaves them out of the
-    means and counts the case (METHOD.md). This also holds when gt is empty too (medpy would give Dice 1 there).
+    means and counts the case (docs/method.md, "Evaluation"). This also holds when gt is empty too (medpy would
+    give Dice 1 there).
     lineage_empty=True gives the lineage's (0, 0, 0, 0) instead. A non-empty prediction with an empty gt gives
     (0, 0, nan, nan) in both modes (medpy raises there).
     """

@@ -1,0 +1,2 @@
+"""Benchmarks of accuracy, pseudo-label quality and speed; run from the repository root as
+`python -m benchmarks.<name> --help` (la_cpu, pseudo_labels, speed, inference_speed)."""
