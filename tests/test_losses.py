@@ -1,4 +1,4 @@
-"""Losses of METHOD.md: values against hand computations / independent numpy code,
+"""Losses of docs/method.md: values against hand computations / independent numpy code,
 gradients (gradcheck and detachment), NaN-free edge cases."""
 import math
 

@@ -112,7 +112,7 @@ def test_empty_cases():
     assert calculate_metric_percase(empty, gt, lineage_empty=True) == (0.0, 0.0, 0.0, 0.0)
     d, j, hd, asd = calculate_metric_percase(gt, empty)  # prediction but no ground truth
     assert (d, j) == (0.0, 0.0) and math.isnan(hd) and math.isnan(asd)
-    d, j, hd, asd = calculate_metric_percase(empty, empty)  # METHOD.md: an empty prediction scores 0
+    d, j, hd, asd = calculate_metric_percase(empty, empty)  # docs/method.md: an empty prediction scores 0
     assert (d, j) == (0.0, 0.0) and math.isnan(hd)
 
 
