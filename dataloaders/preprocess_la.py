@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from .datasets import LA_SUBDIR
+from .datasets import LA_SUBDIR, DatasetError, read_list
 from .nrrd import read_nrrd
 
 IMAGE_FILE, LABEL_FILE = 'lgemri.nrrd', 'laendo.nrrd'
@@ -96,13 +96,10 @@ def preprocess_case(image, laendo, rng, margin=(10, 20), min_extent=(112, 112), 
 
 
 def _read_ids(path):
-    path = Path(path)
-    if not path.is_file():
-        raise PreprocessError(f"list file {path} does not exist")
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise PreprocessError(f"list file {path} holds no case ids")
-    return ids
+    try:
+        return read_list(path)
+    except DatasetError as e:
+        raise PreprocessError(str(e)) from None
 
 
 def find_cases(raw_dir):
