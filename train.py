@@ -180,7 +180,8 @@ def build_networks(cfg, device):
 def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
     """Every term of docs/method.md's training iteration for one batch.
 
-    Returns (total, record of tensors to log, extra: the winner and the contrastive ramp weight)."""
+    Returns (total, record of tensors to log, extra: the winner, the contrastive ramp weight and the uncertain
+    share of L_cps)."""
     lb = cfg['labeled_bs']
     (logits_a, feat_a), (logits_b, feat_b) = out_a, out_b
     logits_a, logits_b = logits_a.float(), logits_b.float()
