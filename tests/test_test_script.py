@@ -317,7 +317,7 @@ def test_save_png_writes_one_picture_per_case_also_for_an_empty_prediction(phant
     out = tmp_path / 'out'
     flags = data_flags(phantoms) + ['--vnet_ckpt', str(tmp_path / 'vnet.pth'), '--n_filters', '2', '--patch_size',
                                     '32,32,16', '--out_dir', str(out), '--save_png']
-    assert SCRIPT.cli(flags) == 0
+    assert cli(flags) == 0
     assert [r['empty'] for r in read_csv(out / 'test_cases.csv')] == ['True', 'True']
     pictures = sorted((out / 'pictures').iterdir())
     assert [p.name for p in pictures] == [f'{case_id}.png' for case_id in TEST_IDS]
@@ -326,14 +326,14 @@ def test_save_png_writes_one_picture_per_case_also_for_an_empty_prediction(phant
 
     (tmp_path / 'scans').mkdir()
     np.save(tmp_path / 'scans' / 'scan.npy', read_case(phantoms, TEST_IDS[0])[0])
-    assert SCRIPT.cli(flags + ['--input', str(tmp_path / 'scans')]) == 0
+    assert cli(flags + ['--input', str(tmp_path / 'scans')]) == 0
     assert [p.name for p in (out / 'pictures_input').iterdir()] == ['scan.png']
 
 
 def test_save_png_without_matplotlib_is_one_line(phantoms, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, 'matplotlib.figure', None)  # as if matplotlib were not installed
     with pytest.raises(SystemExit) as stop:
-        SCRIPT.cli(data_flags(phantoms) + ['--snapshot_path', str(tmp_path), '--save_png'])
+        run_cli(SCRIPT.main, data_flags(phantoms) + ['--snapshot_path', str(tmp_path), '--save_png'])
     assert stop.value.code == 'error: --save_png needs the package matplotlib: pip install matplotlib'
 
 
