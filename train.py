@@ -10,7 +10,6 @@ networks and their SGD optimisers, then one loop computing every loss term by na
 """
 import copy
 import json
-import math
 import sys
 import time
 from argparse import ArgumentDefaultsHelpFormatter
@@ -21,7 +20,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from dataloaders import (NORMALIZE_MODES, Compose, H5Dataset, IterationBatchSampler, LabeledBatchSampler,
                          NormalizeIntensity, RandomCrop, RandomRotFlip, RandomScaleIntensity, ToTensor,
@@ -31,49 +29,36 @@ from losses import (FILTER_MODES, confident_disagreement, cosine_consistency_los
                     supervised_loss, urps_loss)
 from utils.checkpoint import save_checkpoint
 from utils.cli import OneLineParser, run_cli
-from utils.config import PRESETS, add_common_args, build_net, env_rank, resolve, select_device
+from utils.config import (PRESETS, RUN_CONTROL, add_common_args, build_net, check_config, check_split, env_rank,
+                          init_distributed, resolve, run_keys, select_device)
 from utils.inference import test_single_case
 from utils.metrics import calculate_metric_percase
 from utils.ramps import sigmoid_rampup
-from utils.resume import find_resume, restore
-from utils.run_log import IterationCSV, setup_logger
+from utils.resume import resume_point
+from utils.run_log import RunRecords, host_values, setup_logger
 from utils.seeding import rng_state, seed_everything, seed_worker, step_generator
 from utils.signals import StopSignals
-from utils.tensorboard_log import TensorBoardLog, summary_writer_class
 
-# Settings that define a run: a checkpoint only resumes a run with the same ones.
-RUN_KEYS = ('dataset', 'method', 'labelnum', 'max_iterations', 'batch_size', 'labeled_bs', 'base_lr',
-            'lr_step', 'seed', 'patch_size', 'n_filters', 'num_classes', 'normalize', 'intensity_scale', 'rotflip',
-            'rampup', 'alpha_mc', 'lambda_reg', 'lambda_urps', 'lambda_cps', 'lambda_con', 'uncertain_percent',
-            'filter', 'anneal_uncertain', 'cps_dice', 'conf_thresh', 'contrast_tau', 'contrast_samples',
-            'ema_decay', 'consistency')
-
-# The per-iteration CSV columns of each method.
-COLUMNS = {
-    'dual': ['lr', 'loss', 'sup_a', 'sup_b', 'dice_a', 'dice_b', 'winner', 'mc_a', 'mc_b', 'reg', 'urps',
-             'cps_a', 'cps_b', 'con', 'lambda_con', 'uncertain_percent', 'reliable', 'pseudo_fg', 'reliable_fg'],
-    'mt': ['lr', 'loss', 'sup', 'dice', 'consistency', 'consistency_weight'],
-    'sup': ['lr', 'loss', 'sup', 'dice'],
-}
-
-
-def parse_args(argv=None):
+def build_parser():
+    """The flags, by group; every group but RUN_CONTROL defines the run (a resume must match it)."""
     p = OneLineParser(description=__doc__.split('\n')[0], formatter_class=ArgumentDefaultsHelpFormatter)
-    add_common_args(p)
-    p.add_argument('--max_iterations', type=int, default=None, help='T (preset; 6000 for LA)')
-    p.add_argument('--batch_size', type=int, default=None, help='B volumes per step (4)')
-    p.add_argument('--labeled_bs', type=int, default=None, help='labeled volumes per step (2)')
-    p.add_argument('--base_lr', type=float, default=0.01)
-    p.add_argument('--lr_step', type=int, default=None, help='lr x0.1 every this many iterations (2500)')
-    p.add_argument('--deterministic', type=int, default=1, choices=[0, 1])
-    p.add_argument('--num_workers', type=int, default=2)
-    p.add_argument('--rotflip', action='store_true', help="add the lineage's RandomRotFlip augmentation")
-    p.add_argument('--normalize', choices=NORMALIZE_MODES, default='zscore',
+    g = p.add_argument_group('data, networks and optimisation')
+    weights = p.add_argument_group('loss weights (0 turns a term off)')
+    teacher = p.add_argument_group('mean teacher (--method mt)')
+    control = p.add_argument_group(RUN_CONTROL)
+    add_common_args(g, control)
+    g.add_argument('--max_iterations', type=int, default=None, help='T (preset; 6000 for LA)')
+    g.add_argument('--batch_size', type=int, default=None, help='B volumes per step (4)')
+    g.add_argument('--labeled_bs', type=int, default=None, help='labeled volumes per step (2)')
+    g.add_argument('--base_lr', type=float, default=0.01)
+    g.add_argument('--lr_step', type=int, default=None, help='lr x0.1 every this many iterations (2500)')
+    g.add_argument('--rotflip', action='store_true', help="add the lineage's RandomRotFlip augmentation")
+    g.add_argument('--normalize', choices=NORMALIZE_MODES, default='zscore',
                    help='per-volume intensity normalisation at load, also applied by test.py (none: as stored)')
-    p.add_argument('--intensity_scale', type=float, default=1.0,
+    g.add_argument('--intensity_scale', type=float, default=1.0,
                    help='augmentation: multiply each sample by s, log-uniform in [1/x, x] (1: off)')
-    p.add_argument('--rampup', type=int, default=None, help='ramp-up length in iterations (T)')
-    g = p.add_argument_group('loss weights (0 turns a term off)')
+    g.add_argument('--rampup', type=int, default=None, help='ramp-up length in iterations (T)')
+    g = weights
     g.add_argument('--alpha_mc', type=float, default=0.5, help='mutual correction on labeled data')
     g.add_argument('--lambda_reg', type=float, default=1.0, help='cosine consistency')
     g.add_argument('--lambda_urps', type=float, default=1.0, help='uncertainty-rectified pseudo supervision')
@@ -89,10 +74,12 @@ def parse_args(argv=None):
     g.add_argument('--conf_thresh', type=float, default=0.6)
     g.add_argument('--contrast_tau', type=float, default=0.1)
     g.add_argument('--contrast_samples', type=int, default=2048)
-    g = p.add_argument_group('mean teacher (--method mt)')
+    g = teacher
     g.add_argument('--ema_decay', type=float, default=0.99)
     g.add_argument('--consistency', type=float, default=0.1)
-    g = p.add_argument_group('run control')
+    g = control
+    g.add_argument('--deterministic', type=int, default=1, choices=[0, 1])
+    g.add_argument('--num_workers', type=int, default=2)
     g.add_argument('--save_every', type=int, default=1000, help='checkpoint period in iterations')
     g.add_argument('--log_every', type=int, default=50, help='log.txt line period in iterations')
     g.add_argument('--resume', default=None, help='checkpoint path, or auto for the run folder\'s newest')
@@ -106,50 +93,15 @@ def parse_args(argv=None):
                    help='also write every iterations.csv value to <run>/tensorboard/ (needs tensorboard)')
     g.add_argument('--image_every', type=int, default=100,
                    help='with --tensorboard: slice pictures of the batch every this many iterations (0: off)')
-    args = p.parse_args(argv)
-    cfg = resolve(args)
+    return p
+
+
+def parse_args(argv=None):
+    """The settings of a run as a dict, filled from the dataset's preset."""
+    cfg = resolve(build_parser().parse_args(argv))
     if cfg['rampup'] is None:
         cfg['rampup'] = cfg['max_iterations']
     return cfg
-
-
-def check_config(cfg, num_cases, world_size=1):
-    """Refuse settings that cannot train, before any work starts."""
-    semi = cfg['method'] != 'sup'
-    for name in ('max_iterations', 'batch_size', 'lr_step', 'save_every', 'log_every', 'contrast_samples'):
-        if cfg[name] < 1:
-            raise SystemExit(f'error: --{name} {cfg[name]} must be at least 1')
-    if cfg['tensorboard']:
-        summary_writer_class()  # a missing package stops the run here, not at the first logged step
-    if not cfg['intensity_scale'] >= 1:
-        raise SystemExit(f'error: --intensity_scale {cfg["intensity_scale"]} must be at least 1 (1: off)')
-    for name in ('num_workers', 'rampup', 'val_every', 'image_every', 'base_lr', 'alpha_mc', 'lambda_reg',
-                 'lambda_urps', 'lambda_cps', 'lambda_con', 'consistency', 'contrast_tau'):
-        if not cfg[name] >= 0:  # also refuses NaN
-            raise SystemExit(f'error: --{name} {cfg[name]} must be zero or more')
-    for name, low, high in (('uncertain_percent', 0, 100), ('conf_thresh', 0, 1), ('ema_decay', 0, 1)):
-        if not low <= cfg[name] <= high:
-            raise SystemExit(f'error: --{name} {cfg[name]} must lie in {low}..{high}')
-    if not 0 < cfg['labelnum'] <= num_cases:
-        raise SystemExit(f'error: --labelnum {cfg["labelnum"]} must be between 1 and the {num_cases} cases '
-                         f'of the training list')
-    if semi and cfg['labelnum'] == num_cases:
-        raise SystemExit(f'error: --labelnum {num_cases} leaves no unlabeled volume; '
-                         f'use --method sup for fully supervised training')
-    if semi and not 0 < cfg['labeled_bs'] < cfg['batch_size']:
-        raise SystemExit(f'error: --labeled_bs {cfg["labeled_bs"]} must be at least 1 and smaller than '
-                         f'--batch_size {cfg["batch_size"]} (the rest of a batch is unlabeled)')
-    if semi and cfg['labelnum'] < cfg['labeled_bs']:
-        raise SystemExit(f'error: --labelnum {cfg["labelnum"]} is smaller than --labeled_bs {cfg["labeled_bs"]}')
-    if not semi and cfg['labelnum'] < cfg['batch_size']:
-        raise SystemExit(f'error: --labelnum {cfg["labelnum"]} is smaller than --batch_size {cfg["batch_size"]}')
-    # under torchrun every rank takes its own slice of a global batch from each stream
-    labeled_per_step = (cfg['labeled_bs'] if semi else cfg['batch_size']) * world_size
-    unlabeled_per_step = (cfg['batch_size'] - cfg['labeled_bs']) * world_size if semi else 0
-    if labeled_per_step > cfg['labelnum'] or unlabeled_per_step > num_cases - cfg['labelnum']:
-        raise SystemExit(f'error: a step on {world_size} process(es) takes {labeled_per_step} labeled and '
-                         f'{unlabeled_per_step} unlabeled volumes, more than --labelnum {cfg["labelnum"]} of '
-                         f'{num_cases} cases gives: lower --batch_size / --labeled_bs or --nproc_per_node')
 
 
 def build_dataset(cfg, split='train', list_file=None, transform=None):
@@ -178,10 +130,17 @@ def build_networks(cfg, device):
 
 
 def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
-    """Every term of docs/method.md's training iteration for one batch.
+    """Every term of docs/method.md's training iteration for one batch (labeled part first, labeled_bs volumes).
 
-    Returns (total, record of tensors to log, extra: the winner, the contrastive ramp weight and the uncertain
-    share of L_cps)."""
+    Returns three values, (total, record, extra):
+      total   the 0-d loss tensor to back-propagate (term 8);
+      record  {name: 0-d tensor}: 'loss' (= total), sup_a, sup_b, dice_a, dice_b, mc_a, mc_b, reg, urps, cps_a,
+              cps_b, con (a term switched off by a zero weight is 0), and the pseudo-label shares reliable
+              (R's share of unlabeled voxels), pseudo_fg (yhat's foreground share) and reliable_fg
+              (foreground share within R), 0 when no pseudo-labels are made;
+      extra   {'winner': 'A' or 'B', 'lambda_con': the ramped contrastive weight, 'uncertain_percent': the
+              uncertain share (percent) L_cps used}, the two as Python numbers.
+    train.py logs record and extra, under these names, as iterations.csv columns."""
     lb = cfg['labeled_bs']
     (logits_a, feat_a), (logits_b, feat_b) = out_a, out_b
     logits_a, logits_b = logits_a.float(), logits_b.float()
@@ -282,14 +241,51 @@ def validate(eval_nets, cases, cfg, device):
     return sum(dices) / len(dices)
 
 
+def load_data(cfg, is_main, world_size):
+    """The training set and the validation set (None without --val_list/--val_every), every case read once."""
+    if cfg['dataset'] == 'synthetic' and is_main:
+        from dataloaders.synthetic import make_synthetic_dataset
+        make_synthetic_dataset(cfg['root_path'], num_classes=cfg['num_classes'])
+    if world_size > 1:
+        dist.barrier()
+    train_set = build_dataset(cfg, transform=train_transform(cfg))
+    check_split(cfg, len(train_set), world_size)
+    val_set = (build_dataset(cfg, list_file=cfg['val_list'], transform=NormalizeIntensity(cfg['normalize']))
+               if cfg['val_list'] and cfg['val_every'] > 0 else None)
+    if is_main:  # a bad file stops us here, not hours into training
+        for dataset in (train_set, val_set):
+            if dataset is not None:
+                dataset.validate(cfg['num_classes'])
+    return train_set, val_set
+
+
+def distribute(nets, trained, sync_bn, device):
+    """DistributedDataParallel wrappers of the trained networks (gradients averaged across ranks)."""
+    wrapped = {}
+    for n in trained:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(nets[n]) if sync_bn else nets[n]
+        wrapped[n] = DistributedDataParallel(net, device_ids=[device.index] if device.type == 'cuda' else None)
+    return wrapped
+
+
+def batch_sampler(cfg, num_cases, rank, world_size):
+    """Labeled indices 0..labelnum-1, unlabeled the rest: each batch takes labeled_bs of the first stream
+    and the others from the second (sup: labeled batches only); each rank its own slice."""
+    labeled = list(range(cfg['labelnum']))
+    if cfg['method'] == 'sup':
+        return LabeledBatchSampler(labeled, cfg['batch_size'], seed=cfg['seed'], num_replicas=world_size, rank=rank)
+    return TwoStreamBatchSampler(labeled, list(range(cfg['labelnum'], num_cases)), cfg['batch_size'],
+                                 cfg['batch_size'] - cfg['labeled_bs'], seed=cfg['seed'],
+                                 num_replicas=world_size, rank=rank)
+
+
 def main(argv=None):
     cfg = parse_args(argv)
+    check_config(cfg)
     rank, world_size, local_rank = env_rank()
     device = select_device(cfg['gpu'], local_rank)
     if world_size > 1:
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-        if device.type == 'cuda':
-            torch.cuda.set_device(device)
+        init_distributed(device)
     is_main = rank == 0
     amp = cfg['amp'] and device.type == 'cuda'
     if cfg['amp'] and not amp:
@@ -297,32 +293,8 @@ def main(argv=None):
     seed_everything(cfg['seed'], bool(cfg['deterministic']))
 
     # --- data: check the folder first, then the two-stream sampler over iterations ---
-    if cfg['dataset'] == 'synthetic' and is_main:
-        if cfg['num_classes'] not in (2, 3):
-            raise SystemExit(f'error: --dataset synthetic makes 2 or 3 classes, '
-                             f'not --num_classes {cfg["num_classes"]}')
-        from dataloaders.synthetic import make_synthetic_dataset
-        make_synthetic_dataset(cfg['root_path'], num_classes=cfg['num_classes'])
-    if world_size > 1:
-        dist.barrier()
-    train_set = build_dataset(cfg, transform=train_transform(cfg))
-    check_config(cfg, len(train_set), world_size)
-    val_set = (build_dataset(cfg, list_file=cfg['val_list'], transform=NormalizeIntensity(cfg['normalize']))
-               if cfg['val_list'] and cfg['val_every'] > 0 else None)
-    if is_main:  # read every case once: a bad file stops us here, not hours into training
-        for dataset in (train_set, val_set):
-            if dataset is not None:
-                dataset.validate(cfg['num_classes'])
-
-    labeled = list(range(cfg['labelnum']))
-    if cfg['method'] == 'sup':
-        batches = LabeledBatchSampler(labeled, cfg['batch_size'], seed=cfg['seed'],
-                                      num_replicas=world_size, rank=rank)
-    else:
-        unlabeled = list(range(cfg['labelnum'], len(train_set)))
-        batches = TwoStreamBatchSampler(labeled, unlabeled, cfg['batch_size'],
-                                        cfg['batch_size'] - cfg['labeled_bs'], seed=cfg['seed'],
-                                        num_replicas=world_size, rank=rank)
+    train_set, val_set = load_data(cfg, is_main, world_size)
+    batches = batch_sampler(cfg, len(train_set), rank, world_size)
 
     # --- networks and optimisers: one SGD per network; the same initial weights on every rank ---
     nets = build_networks(cfg, device)
@@ -336,19 +308,13 @@ def main(argv=None):
 
     # --- run folder: a new run, or the continuation of the one a checkpoint holds ---
     run_dir = Path(cfg['snapshot_path'])
-    start = 0
-    resume_path = find_resume(cfg['resume'], run_dir) if cfg['resume'] else None
-    if resume_path is not None:
-        start = restore(resume_path, cfg, RUN_KEYS, nets, optimizers)
-        if start >= cfg['max_iterations']:
-            if is_main:
-                print(f'nothing to do: {resume_path} is already at iteration {start} of {cfg["max_iterations"]}')
-            if world_size > 1:
-                dist.destroy_process_group()
-            return
-    elif is_main and any(run_dir.glob('*.pth')):
-        raise SystemExit(f'error: {run_dir} already holds checkpoints; pass --resume auto to continue it, '
-                         f'or a new --exp / --snapshot_path')
+    start, resume_path = resume_point(cfg, run_keys(build_parser()), nets, optimizers, is_main)
+    if start >= cfg['max_iterations']:
+        if is_main:
+            print(f'nothing to do: {resume_path} is already at iteration {start} of {cfg["max_iterations"]}')
+        if world_size > 1:
+            dist.destroy_process_group()
+        return
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / 'config.json').write_text(json.dumps(cfg, indent=2) + '\n')
@@ -361,10 +327,7 @@ def main(argv=None):
         log.info(f'resumed from {resume_path} at iteration {start}')
 
     if world_size > 1:
-        for n in trained:
-            if cfg['sync_bn']:
-                nets[n] = torch.nn.SyncBatchNorm.convert_sync_batchnorm(nets[n])
-            nets[n] = DistributedDataParallel(nets[n], device_ids=[device.index] if device.type == 'cuda' else None)
+        nets.update(distribute(nets, trained, cfg['sync_bn'], device))
     plain = {n: (m.module if isinstance(m, DistributedDataParallel) else m) for n, m in nets.items()}
 
     # Samples are keyed by (index, seed, iteration), and the loader draws its workers' base seed from its
@@ -374,11 +337,10 @@ def main(argv=None):
                         pin_memory=device.type == 'cuda', worker_init_fn=seed_worker,
                         generator=torch.Generator().manual_seed(cfg['seed']))
     scaler = torch.amp.GradScaler('cuda', enabled=amp)
-    table = IterationCSV(run_dir / 'iterations.csv', COLUMNS[cfg['method']], start, enabled=is_main)
-    board = TensorBoardLog(run_dir, start, enabled=is_main and cfg['tensorboard'])
+    records = RunRecords(run_dir, log, cfg, start, enabled=is_main)
 
     def checkpoint(name, iteration):
-        table.flush()  # every row up to the checkpoint is on disk: a resume after a kill loses none
+        records.table.flush()  # every row up to the checkpoint is on disk: a resume after a kill loses none
         if is_main:
             save_checkpoint({'iteration': iteration, 'config': cfg, 'method': cfg['method'],
                              **{n: m.state_dict() for n, m in plain.items()},
@@ -386,7 +348,6 @@ def main(argv=None):
                              'rng': rng_state()}, run_dir / name)
 
     # --- the loop: one batch, every loss term, one backward, both optimisers step ---
-    bar = tqdm(total=cfg['max_iterations'], initial=start, disable=not is_main, dynamic_ncols=True)
     best, t0 = -1.0, time.time()
     with StopSignals() as stop:  # SIGINT / SIGTERM: finish the step, save, exit
         for keys, batch in zip(sampler, loader):
@@ -412,14 +373,7 @@ def main(argv=None):
                     logits = nets['net_a'](image)[0].float()
                     loss, dice = supervised_loss(logits, label)
                     record, extra = dict(loss=loss, sup=loss, dice=dice), {}
-
-            # One device-to-host copy per step for every logged value; stop on the first non-finite term.
-            names = list(record)
-            values = torch.stack([record[n].detach().float() for n in names]).tolist()
-            bad = [n for n, v in zip(names, values) if not math.isfinite(v) and n != 'loss']
-            if bad or not math.isfinite(values[0]):
-                raise SystemExit(f'error: non-finite loss term {", ".join(bad or ["loss"])} at iteration {it}; '
-                                 f'stopping (the last good checkpoint in {run_dir} is kept)')
+            values = host_values(record, it, run_dir)
 
             for opt in optimizers.values():
                 opt.zero_grad(set_to_none=True)
@@ -431,22 +385,14 @@ def main(argv=None):
                 update_ema(plain['ema'], plain['net_a'], cfg['ema_decay'], it)
 
             done = it + 1
-            row = {**dict(zip(names, values)), **extra, 'lr': lr}
-            table.write(it, {k: (f'{v:.6g}' if isinstance(v, float) else v) for k, v in row.items()})
-            board.scalars(it, row)
+            records.write(it, {'lr': lr, **values, **extra})
             if cfg['image_every'] and done % cfg['image_every'] == 0:
-                board.slices(it, {n: plain[n] for n in ('net_a', 'net_b', 'ema') if n in plain}, image, label,
-                             cfg['labeled_bs'] if cfg['method'] != 'sup' else None, cfg['num_classes'])
-            bar.set_postfix(loss=f'{values[0]:.4f}', refresh=False)
-            bar.update(1)
-            if done % cfg['log_every'] == 0 or done == cfg['max_iterations']:
-                table.flush()
-                log.info(f'iteration {done}: ' + ', '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'
-                                                           for k, v in row.items()))
+                records.board.slices(it, {n: plain[n] for n in ('net_a', 'net_b', 'ema') if n in plain}, image,
+                                     label, cfg['labeled_bs'] if cfg['method'] != 'sup' else None, cfg['num_classes'])
             if val_set is not None and done % cfg['val_every'] == 0:
                 dice = validate([plain[n] for n in trained], val_set, cfg, device)
                 log.info(f'iteration {done}: validation Dice {dice:.4f}')
-                board.scalars(it, {'val_dice': dice})
+                records.board.scalars(it, {'val_dice': dice})
                 if dice > best:
                     best = dice
                     checkpoint('best.pth', done)
@@ -454,18 +400,12 @@ def main(argv=None):
                 checkpoint('latest.pth', done)
             if stop.requested(world_size, device) and done < cfg['max_iterations']:
                 checkpoint('latest.pth', done)
-                bar.close()
-                table.close()
-                board.close()
-                log.info(f'stopped by signal {stop.signum} after iteration {done}; continue with --resume auto')
+                records.close(f'stopped by signal {stop.signum} after iteration {done}; continue with --resume auto')
                 sys.exit(128 + stop.signum)
 
     checkpoint('final.pth', cfg['max_iterations'])
-    bar.close()
-    table.close()
-    board.close()
-    log.info(f'finished {cfg["max_iterations"] - start} iterations in {time.time() - t0:.0f} s; '
-             f'final checkpoint {run_dir / "final.pth"}')
+    records.close(f'finished {cfg["max_iterations"] - start} iterations in {time.time() - t0:.0f} s; '
+                  f'final checkpoint {run_dir / "final.pth"}')
     if world_size > 1:
         dist.destroy_process_group()
 

@@ -7,6 +7,15 @@ import torch
 # Tests import the project's folders the way the scripts do: from the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# The columns of iterations.csv after 'iteration', per method, in order: the lr, the logged record of the
+# method's losses, then its extra values (written out here, not read from train.py).
+ITERATION_COLUMNS = {
+    'dual': ['lr', 'loss', 'sup_a', 'sup_b', 'dice_a', 'dice_b', 'mc_a', 'mc_b', 'reg', 'urps', 'cps_a', 'cps_b',
+             'con', 'reliable', 'pseudo_fg', 'reliable_fg', 'winner', 'lambda_con', 'uncertain_percent'],
+    'mt': ['lr', 'loss', 'sup', 'dice', 'consistency', 'consistency_weight'],
+    'sup': ['lr', 'loss', 'sup', 'dice'],
+}
+
 
 @pytest.fixture(scope='session')
 def phantoms(tmp_path_factory):

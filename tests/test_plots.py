@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import train
+from conftest import ITERATION_COLUMNS
 from utils import plot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,10 +35,10 @@ def write_run(folder, method, rows, max_iterations, cut_last_line=False):
     rng = np.random.default_rng(0)
     with open(folder / 'iterations.csv', 'w', newline='') as f:
         writer = csv.writer(f)
-        writer.writerow(['iteration'] + train.COLUMNS[method])
+        writer.writerow(['iteration'] + ITERATION_COLUMNS[method])
         for it in range(rows):
             writer.writerow([it] + ['AB'[it % 3 == 0] if c == 'winner' else f'{rng.uniform(0.01, 1):.6g}'
-                                    for c in train.COLUMNS[method]])
+                                    for c in ITERATION_COLUMNS[method]])
         if cut_last_line:  # the line a running train.py is writing
             f.write(f'{rows},0.01,1.5')
     return folder

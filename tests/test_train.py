@@ -23,20 +23,15 @@ import torch
 import train
 from dataloaders import (Compose, H5Dataset, IterationBatchSampler, RandomCrop, ToTensor, TwoStreamBatchSampler,
                          normalize_intensity)
-from conftest import train_argv
+from conftest import ITERATION_COLUMNS, train_argv
 from losses import supervised_loss
 from networks import ResNet34VNet, VNet
 from utils.seeding import seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 1337
-# What the iterations.csv of each method must hold (written out here, not read from train.py).
-TERMS = {
-    'dual': ['lr', 'loss', 'sup_a', 'sup_b', 'dice_a', 'dice_b', 'winner', 'mc_a', 'mc_b', 'reg', 'urps',
-             'cps_a', 'cps_b', 'con', 'lambda_con', 'uncertain_percent', 'reliable', 'pseudo_fg', 'reliable_fg'],
-    'mt': ['lr', 'loss', 'sup', 'dice', 'consistency', 'consistency_weight'],
-    'sup': ['lr', 'loss', 'sup', 'dice'],
-}
+# What the iterations.csv of each method must hold (written out in conftest, not read from train.py).
+TERMS = ITERATION_COLUMNS
 # The torchrun test logs to TensorBoard too when the optional package is there.
 TENSORBOARD = ['--tensorboard'] if importlib.util.find_spec('tensorboard') else []
 UNSUPERVISED_OFF = ['--alpha_mc', '0', '--lambda_reg', '0', '--lambda_urps', '0', '--lambda_cps', '0',

@@ -1,8 +1,13 @@
-"""Everything train.py and test.py agree on: dataset presets, shared flags, run folder, device, networks.
+"""Everything train.py and test.py agree on: dataset presets, shared flags, run folder, device, networks;
+and train.py's checks of its settings.
 
 Flags that a dataset preset may set default to None on the command line; `resolve`
 fills them from the preset, then from DEFAULTS, so `--dataset synthetic` can pick a
 CPU-sized run while `--dataset la` keeps the paper's settings.
+
+A flag either defines a run (what it computes) or controls how it runs (where files are, how often
+to log, which device): the latter live in the argument group titled RUN_CONTROL, and a resumed run
+must match the checkpoint's value of every other flag (`run_keys`).
 """
 import argparse
 import os
@@ -14,6 +19,7 @@ import torch
 from dataloaders.datasets import LA_PATTERN
 from networks import build_network
 from utils.cli import UsageError
+from utils.tensorboard_log import summary_writer_class
 
 # One row per dataset: where it lives, how it is read, and the settings that differ.
 PRESETS = {
@@ -46,22 +52,38 @@ def parse_patch(text):
     return dims
 
 
-def add_common_args(parser):
-    """Flags shared by train.py and test.py, with the field's names."""
+# The title of the argument group of the flags that do not change what a run computes.
+RUN_CONTROL = 'run control'
+
+
+def add_common_args(parser, control=None):
+    """Flags shared by train.py and test.py, with the field's names. Those that define a run go to
+    `parser` (a parser or an argument group), where files are and which device to `control` (default
+    `parser`): train.py passes its RUN_CONTROL group."""
+    control = parser if control is None else control
     parser.add_argument('--dataset', choices=sorted(PRESETS), default='la')
-    parser.add_argument('--root_path', default=None, help='dataset folder (default: the preset\'s, e.g. data/LA)')
-    parser.add_argument('--pattern', default=None, help='h5 path of a case id, e.g. "{id}_norm.h5"')
-    parser.add_argument('--exp', default='dual', help='experiment name, part of the run folder')
+    control.add_argument('--root_path', default=None, help='dataset folder (default: the preset\'s, e.g. data/LA)')
+    control.add_argument('--pattern', default=None, help='h5 path of a case id, e.g. "{id}_norm.h5"')
+    control.add_argument('--exp', default='dual', help='experiment name, part of the run folder')
     parser.add_argument('--method', choices=['dual', 'mt', 'sup'], default='dual')
     parser.add_argument('--labelnum', type=int, default=None, help='labeled volumes: the first N of train.list')
-    parser.add_argument('--snapshot_path', default=None,
-                        help='run folder (default model/<dataset>/<exp>_<method>_<labelnum>labels)')
+    control.add_argument('--snapshot_path', default=None,
+                         help='run folder (default model/<dataset>/<exp>_<method>_<labelnum>labels)')
     parser.add_argument('--patch_size', type=parse_patch, default=None)
     parser.add_argument('--n_filters', type=int, default=None)
     parser.add_argument('--num_classes', type=int, default=None)
-    parser.add_argument('--gpu', default='0', help='CUDA index; -1 or cpu for the CPU')
+    control.add_argument('--gpu', default='0', help='CUDA index; -1 or cpu for the CPU')
     parser.add_argument('--seed', type=int, default=1337)
-    parser.add_argument('--debug', action='store_true', help='show full tracebacks')
+    control.add_argument('--debug', action='store_true', help='show full tracebacks')
+
+
+def run_keys(parser):
+    """The settings a resumed run must share with its checkpoint: every flag of `parser` outside its
+    RUN_CONTROL group. A new flag is a run key unless put there, so forgetting it refuses a resume
+    rather than letting one change the run."""
+    # argparse keeps its groups in private attributes; they have been stable since Python 2.7
+    return [action.dest for group in parser._action_groups if group.title != RUN_CONTROL
+            for action in group._group_actions if action.dest != 'help']
 
 
 def resolve(args, folder_required=True):
@@ -113,6 +135,13 @@ def env_rank():
     return 0, 1, None
 
 
+def init_distributed(device):
+    """Join torchrun's process group: NCCL between GPUs, gloo between CPU processes."""
+    torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)
+
+
 # The pair by role, as build_network names them; a train.py checkpoint stores role r as 'net_' + r.
 PAIR = {'a': 'vnet', 'b': 'resnet34'}
 
@@ -125,3 +154,48 @@ def build_net(which, num_classes, n_filters, has_dropout=True):
     """
     return build_network(PAIR[which], n_channels=1, n_classes=num_classes, n_filters=n_filters,
                          normalization='batchnorm', has_dropout=has_dropout)
+
+
+def check_config(cfg):
+    """Refuse train.py flags that cannot train, before any work starts: one line naming flag and value."""
+    for name in ('max_iterations', 'batch_size', 'lr_step', 'save_every', 'log_every', 'contrast_samples'):
+        if cfg[name] < 1:
+            raise SystemExit(f'error: --{name} {cfg[name]} must be at least 1')
+    if cfg['tensorboard']:
+        summary_writer_class()  # a missing package stops the run here, not at the first logged step
+    if not cfg['intensity_scale'] >= 1:
+        raise SystemExit(f'error: --intensity_scale {cfg["intensity_scale"]} must be at least 1 (1: off)')
+    for name in ('num_workers', 'rampup', 'val_every', 'image_every', 'base_lr', 'alpha_mc', 'lambda_reg',
+                 'lambda_urps', 'lambda_cps', 'lambda_con', 'consistency', 'contrast_tau'):
+        if not cfg[name] >= 0:  # also refuses NaN
+            raise SystemExit(f'error: --{name} {cfg[name]} must be zero or more')
+    for name, low, high in (('uncertain_percent', 0, 100), ('conf_thresh', 0, 1), ('ema_decay', 0, 1)):
+        if not low <= cfg[name] <= high:
+            raise SystemExit(f'error: --{name} {cfg[name]} must lie in {low}..{high}')
+    if cfg['dataset'] == 'synthetic' and cfg['num_classes'] not in (2, 3):
+        raise SystemExit(f'error: --dataset synthetic makes 2 or 3 classes, not --num_classes {cfg["num_classes"]}')
+
+
+def check_split(cfg, num_cases, world_size=1):
+    """Refuse a labeled/unlabeled split or batch that the training list of num_cases cannot fill."""
+    semi = cfg['method'] != 'sup'
+    if not 0 < cfg['labelnum'] <= num_cases:
+        raise SystemExit(f'error: --labelnum {cfg["labelnum"]} must be between 1 and the {num_cases} cases '
+                         f'of the training list')
+    if semi and cfg['labelnum'] == num_cases:
+        raise SystemExit(f'error: --labelnum {num_cases} leaves no unlabeled volume; '
+                         f'use --method sup for fully supervised training')
+    if semi and not 0 < cfg['labeled_bs'] < cfg['batch_size']:
+        raise SystemExit(f'error: --labeled_bs {cfg["labeled_bs"]} must be at least 1 and smaller than '
+                         f'--batch_size {cfg["batch_size"]} (the rest of a batch is unlabeled)')
+    if semi and cfg['labelnum'] < cfg['labeled_bs']:
+        raise SystemExit(f'error: --labelnum {cfg["labelnum"]} is smaller than --labeled_bs {cfg["labeled_bs"]}')
+    if not semi and cfg['labelnum'] < cfg['batch_size']:
+        raise SystemExit(f'error: --labelnum {cfg["labelnum"]} is smaller than --batch_size {cfg["batch_size"]}')
+    # under torchrun every rank takes its own slice of a global batch from each stream
+    labeled_per_step = (cfg['labeled_bs'] if semi else cfg['batch_size']) * world_size
+    unlabeled_per_step = (cfg['batch_size'] - cfg['labeled_bs']) * world_size if semi else 0
+    if labeled_per_step > cfg['labelnum'] or unlabeled_per_step > num_cases - cfg['labelnum']:
+        raise SystemExit(f'error: a step on {world_size} process(es) takes {labeled_per_step} labeled and '
+                         f'{unlabeled_per_step} unlabeled volumes, more than --labelnum {cfg["labelnum"]} of '
+                         f'{num_cases} cases gives: lower --batch_size / --labeled_bs or --nproc_per_node')

@@ -23,6 +23,20 @@ def find_resume(resume, run_dir):
     return max(found, key=lambda p: iteration_of(load_checkpoint(p), p))
 
 
+def resume_point(cfg, run_keys, nets, optimizers, is_main=True):
+    """(iteration, checkpoint path) where the run in folder cfg['snapshot_path'] starts: with --resume, the
+    checkpoint's, restored into nets and optimizers (see restore); otherwise (0, None), refused where the
+    folder already holds checkpoints, which a new run would overwrite."""
+    run_dir = Path(cfg['snapshot_path'])
+    path = find_resume(cfg['resume'], run_dir) if cfg['resume'] else None
+    if path is not None:
+        return restore(path, cfg, run_keys, nets, optimizers), path
+    if is_main and any(run_dir.glob('*.pth')):
+        raise SystemExit(f'error: {run_dir} already holds checkpoints; pass --resume auto to continue it, '
+                         f'or a new --exp / --snapshot_path')
+    return 0, None
+
+
 def iteration_of(ckpt, path):
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get('iteration'), int):
         raise CheckpointError(f'{path}: not a training checkpoint (no iteration number); '
