@@ -219,6 +219,10 @@ BAD = {
                                          ['given.pth', 'not a training checkpoint']),
     'resume_other_settings': (None, checkpoint_with(lambda c: None), ['--resume', GIVEN, '--base_lr', '0.02'],
                               ['given.pth', 'base_lr', '0.01', '0.02']),
+    'resume_other_filter': (None, checkpoint_with(lambda c: None), ['--resume', GIVEN, '--filter', 'global'],
+                            ['given.pth', 'filter', 'classwise', 'global']),
+    'resume_other_lambda_cps': (None, checkpoint_with(lambda c: None), ['--resume', GIVEN, '--lambda_cps', '0.5'],
+                                ['given.pth', 'lambda_cps', '1.0', '0.5']),
     'run_folder_holds_checkpoints': (None, existing_run, [], ['already holds checkpoints', '--resume auto']),
 }
 

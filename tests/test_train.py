@@ -26,6 +26,8 @@ from dataloaders import (Compose, H5Dataset, IterationBatchSampler, RandomCrop, 
 from conftest import ITERATION_COLUMNS, train_argv
 from losses import supervised_loss
 from networks import ResNet34VNet, VNet
+from utils.config import run_keys
+from utils.run_log import IterationCSV
 from utils.seeding import seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,6 +216,18 @@ def test_cps_variants_reach_exactly_their_own_network(tiny_pair, filter_mode, cp
     assert 0 < record['pseudo_fg'] < 1 and 0 <= record['reliable_fg'] <= 1
 
 
+def test_dual_losses_returns_what_its_docstring_says(tiny_pair):
+    net_a, net_b, image, label = tiny_pair
+    cfg = term_cfg(**{w: 1.0 for w in WEIGHTS})
+    result = train.dual_losses(net_a(image), net_b(image), label, cfg, 5, torch.Generator(), 1)
+    assert isinstance(result, tuple) and len(result) == 3
+    total, record, extra = result
+    assert list(record) == ITERATION_COLUMNS['dual'][1:16] and record['loss'] is total
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in record.values())
+    assert list(extra) == ['winner', 'lambda_con', 'uncertain_percent'] and extra['winner'] in ('A', 'B')
+    assert all(isinstance(extra[k], (int, float)) for k in ('lambda_con', 'uncertain_percent'))
+
+
 def test_training_normalises_each_volume_like_test_py(phantoms):
     """train.py's samples are crops of normalize_intensity(volume), the function test.py applies too."""
     cfg = dict(normalize='zscore', intensity_scale=1.0, rotflip=False, patch_size=(16, 16, 16))
@@ -333,6 +347,70 @@ def test_run_folder_with_checkpoints_is_refused_without_resume(phantoms, referen
     assert 'already holds checkpoints' in str(e.value.code) and '--resume auto' in str(e.value.code)
     assert (run / 'latest.pth').read_bytes() == before
     assert sorted(p.name for p in run.iterdir()) == ['latest.pth']
+
+
+# Flags that change how a run runs, not what it computes: a resume may change them (written out here).
+RUN_CONTROL = {'root_path', 'pattern', 'exp', 'snapshot_path', 'gpu', 'debug', 'deterministic', 'num_workers',
+               'save_every', 'log_every', 'resume', 'val_list', 'val_every', 'amp', 'channels_last', 'sync_bn',
+               'tensorboard', 'image_every'}
+
+
+def test_a_resume_must_match_every_flag_but_run_control():
+    parser = train.build_parser()
+    flags = set(vars(parser.parse_args([])))
+    assert RUN_CONTROL <= flags
+    keys = run_keys(parser)
+    assert sorted(keys) == sorted(flags - RUN_CONTROL)
+    for flag in ('normalize', 'intensity_scale', 'filter', 'anneal_uncertain', 'cps_dice', *WEIGHTS, 'seed',
+                 'uncertain_percent', 'conf_thresh', 'contrast_tau', 'contrast_samples', 'ema_decay', 'consistency'):
+        assert flag in keys, flag
+    # refusing a changed --filter / --lambda_cps: tests/test_robustness.py, resume_other_*
+
+
+def test_resume_with_other_run_control_flags_is_the_same_run(phantoms, reference, tmp_path):
+    run = tmp_path / 'run'
+    run.mkdir()
+    shutil.copy(reference / 'latest.pth', run / 'latest.pth')
+    train.main(args(phantoms, run, '--resume', 'auto', max_iterations=8, log_every=3, save_every=2))
+    ref, got = load(reference / 'final.pth'), load(run / 'final.pth')
+    for key in ('net_a', 'net_b', 'optimizer_a', 'optimizer_b', 'rng'):
+        assert_same_run(ref[key], got[key], key)
+    assert got['config']['log_every'] == 3
+
+
+def test_a_new_logged_value_gets_its_csv_column(phantoms, tmp_path, monkeypatch):
+    real = train.dual_losses
+
+    def with_new_term(*a, **k):
+        total, record, extra = real(*a, **k)
+        return total, {**record, 'new_term': 2 * record['loss']}, {**extra, 'new_extra': 'x'}
+    monkeypatch.setattr(train, 'dual_losses', with_new_term)
+    run = tmp_path / 'run'
+    train.main(args(phantoms, run, max_iterations=2))
+    rows = read_csv(run / 'iterations.csv')
+    columns = ITERATION_COLUMNS['dual']
+    assert list(rows[0]) == ['iteration', *columns[:16], 'new_term', *columns[16:], 'new_extra']
+    assert [r['new_extra'] for r in rows] == ['x', 'x']
+    assert [float(r['new_term']) for r in rows] == pytest.approx([2 * float(r['loss']) for r in rows], rel=1e-5)
+    assert 'new_term ' in (run / 'log.txt').read_text()
+
+
+def test_iteration_csv_resumed_keeps_the_rows_before_the_checkpoint(tmp_path):
+    path = tmp_path / 'iterations.csv'
+    table = IterationCSV(path)
+    for it in range(4):
+        table.write(it, {'lr': 0.01, 'loss': 1.0 / (it + 1), 'old': 'o'})
+    table.close()
+    path.write_text(path.read_text() + '4,0.01')  # a row cut short by a kill
+    table = IterationCSV(path, start_iteration=2)
+    assert path.read_text().count('\n') == 5  # left as it was until the first new row
+    table.write(2, {'lr': 0.001, 'loss': 0.25, 'new': 7})
+    table.close()
+    assert read_csv(path) == [
+        {'iteration': '0', 'lr': '0.01', 'loss': '1', 'new': '', 'old': 'o'},
+        {'iteration': '1', 'lr': '0.01', 'loss': '0.5', 'new': '', 'old': 'o'},
+        {'iteration': '2', 'lr': '0.001', 'loss': '0.25', 'new': '7', 'old': ''}]
+    assert path.read_text().splitlines()[0] == 'iteration,lr,loss,new,old'
 
 
 # ------------------------------------------------------------------------------------ TensorBoard
