@@ -128,3 +128,32 @@ def test_dual_step_under_autocast_is_finite_and_trains_both_networks(dtype, chan
         grads = [p.grad for p in net.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
         assert sum(g.abs().sum() for g in grads) > 0
+
+
+# ------------------------------------------------------------------------ on a GPU (benchmarks/gpu_check.py runs these)
+
+@pytest.mark.parametrize('name', TERMS)
+@pytest.mark.parametrize('dtype', HALF, ids=str)
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_term_under_autocast_is_close_to_float32(full, rounded, reference, name, dtype):
+    """What --amp on a GPU gives the losses: network outputs in float16 under CUDA autocast."""
+    inputs = {k: v.cuda() for k, v in rounded[dtype].items()}
+    with torch.autocast('cuda', dtype=dtype):
+        value = TERMS[name](inputs)
+    assert value.dtype == torch.float32 and torch.isfinite(value), (name, value)
+    rtol, atol = TOLERANCE[dtype]
+    if name == 'contrastive':  # the CUDA generator draws other voxels than the CPU one: sampling noise
+        rtol = 0.05
+    assert value.item() == pytest.approx(reference[name], rel=rtol, abs=atol)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_train_with_amp_and_channels_last_runs_finite(phantoms, tmp_path):
+    from conftest import train_argv
+    run = tmp_path / 'run'
+    train.main(train_argv(phantoms, run, '--amp', '--channels_last', gpu=0, max_iterations=3, log_every=1))
+    rows = (run / 'iterations.csv').read_text().splitlines()
+    assert len(rows) == 4 and 'nan' not in ''.join(rows).lower() and 'inf' not in ''.join(rows).lower()
+    assert torch.load(run / 'final.pth', weights_only=True)['iteration'] == 3
