@@ -100,8 +100,9 @@ def test_single_case(net, image, stride_xy, stride_z, patch_size, num_classes, d
     and the padding is removed from the outputs. device: where windows run and scores accumulate (default: the first
     net's device); the image goes there once and the results come back once. batch_size: windows per forward pass.
     weight: optional (px,py,pz) importance map (e.g. gaussian_weight(patch_size)); None = plain average.
-    channels_last: the windows, and the networks (converted in place, as net.to(memory_format=...) does), in
-    torch.channels_last_3d, faster 3D convolutions on the CPU; False leaves the networks as they are.
+    channels_last: the windows and the networks in torch.channels_last_3d (faster 3D convolutions on the CPU), else
+    both contiguous; the networks are converted in place, as net.to(memory_format=...) does (a no-op when they are
+    in that format already).
     amp: forward passes under autocast, float16 on CUDA and bfloat16 on the CPU (utils.config.amp_dtype); softmax,
     averaging and scores stay float32.
     Returns (label_map int64 numpy (X,Y,Z), score_map float32 numpy (C,X,Y,Z)).
@@ -117,9 +118,8 @@ def test_single_case(net, image, stride_xy, stride_z, patch_size, num_classes, d
         raise ValueError(f'patch_size must have 3 entries and batch_size be >= 1, got {patch_size}, {batch_size}')
     device = _module_device(nets[0]) if device is None else torch.device(device)
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-    if channels_last:
-        for n in nets:
-            n.to(memory_format=memory_format)
+    for n in nets:
+        n.to(memory_format=memory_format)
 
     pads = [(max(p - s, 0) // 2, max(p - s, 0) - max(p - s, 0) // 2) for s, p in zip(image.shape, patch)]
     vol = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
