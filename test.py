@@ -89,6 +89,8 @@ def build_parser():
     g.add_argument('--gaussian', action='store_true', help='weight each window by a Gaussian importance map')
     g.add_argument('--batch_windows', type=positive_int, default=1,
                    help='windows per forward pass (default 1; measure others with benchmarks/inference_speed.py)')
+    g.add_argument('--channels_last', action='store_true', help='channels_last_3d networks and windows (faster on CPU)')
+    g.add_argument('--amp', action='store_true', help='autocast forward passes: float16 on CUDA, bfloat16 on the CPU')
     g = p.add_argument_group('metrics')
     g.add_argument('--lcc', action='store_true', help='keep the largest connected component of each class')
     g.add_argument('--spacing', type=parse_spacing, default=None, help='x,y,z mm per voxel: distances in mm')
@@ -365,7 +367,7 @@ def segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib)
                        f'z-scored volumes; pass --zscore if it is not normalised', file=sys.stderr)
         pred, _ = test_single_case(list(nets.values()), image, stride_xy, stride_z, cfg['patch_size'],
                                    cfg['num_classes'], device=device, batch_size=cfg['batch_windows'],
-                                   weight=weight)
+                                   weight=weight, channels_last=cfg['channels_last'], amp=cfg['amp'])
         if cfg['lcc']:
             pred = keep_largest_components(pred, cfg['num_classes'])
         pred = pred.astype(label_dtype(cfg['num_classes']))
@@ -427,7 +429,8 @@ def main(argv=None):
     rows = test_all_case(list(nets.values()), Cases(dataset), cfg['num_classes'], cfg['patch_size'], stride_xy,
                          stride_z, device=device, lcc=cfg['lcc'], spacing=cfg['spacing'],
                          lineage_empty=cfg['lineage_empty'], save_fn=each(savers), batch_size=cfg['batch_windows'],
-                         weight=weight, progress=not cfg['no_progress'])
+                         weight=weight, progress=not cfg['no_progress'], channels_last=cfg['channels_last'],
+                         amp=cfg['amp'])
     wall = time.perf_counter() - start
 
     summary = summarize(rows)
@@ -443,6 +446,7 @@ def main(argv=None):
                                     'batch_windows')}
     settings.update(list_file=str(dataset.list_file), pattern=pattern, nets=list(nets), stride_xy=stride_xy,
                     stride_z=stride_z, device=str(device), torch=torch.__version__)
+    settings.update(channels_last=cfg['channels_last'], amp=cfg['amp'])
     result = {
         'metrics': {k: v for k, v in summary.items() if isinstance(v, dict)},
         'n_cases': summary['n_cases'], 'n_empty': summary['n_empty'], 'n_gt_empty': summary['n_gt_empty'],

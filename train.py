@@ -29,8 +29,8 @@ from losses import (FILTER_MODES, confident_disagreement, cosine_consistency_los
                     supervised_loss, urps_loss)
 from utils.checkpoint import save_checkpoint
 from utils.cli import OneLineParser, run_cli
-from utils.config import (PRESETS, RUN_CONTROL, add_common_args, build_net, check_config, check_split, env_rank,
-                          init_distributed, resolve, run_keys, select_device)
+from utils.config import (PRESETS, RUN_CONTROL, add_common_args, amp_dtype, build_net, check_config, check_split,
+                          env_rank, init_distributed, resolve, run_keys, select_device)
 from utils.inference import test_single_case
 from utils.metrics import calculate_metric_percase
 from utils.ramps import sigmoid_rampup
@@ -85,7 +85,8 @@ def build_parser():
     g.add_argument('--resume', default=None, help='checkpoint path, or auto for the run folder\'s newest')
     g.add_argument('--val_list', default=None, help='list file for periodic validation (never the test list)')
     g.add_argument('--val_every', type=int, default=0, help='validation period in iterations (0: off)')
-    g.add_argument('--amp', action='store_true', help='mixed precision (CUDA only)')
+    g.add_argument('--amp', action='store_true',
+                   help='mixed precision: float16 autocast and a gradient scaler on CUDA, bfloat16 autocast on the CPU')
     g.add_argument('--channels_last', action='store_true',
                    help='channels_last_3d memory format for networks and inputs (faster 3D convolutions on CPU)')
     g.add_argument('--sync_bn', action='store_true', help='SyncBatchNorm under torchrun (default: per-GPU BN)')
@@ -190,7 +191,7 @@ def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
     con = zero
     if cfg['lambda_con'] > 0:
         loser_feat, loser_prob = (feat_b, prob_b) if a_wins else (feat_a, prob_a)
-        con = prototype_contrastive_loss(loser_feat[lb:].float(), loser_prob[lb:], pseudo, reliable,
+        con = prototype_contrastive_loss(loser_feat[lb:], loser_prob[lb:], pseudo, reliable,
                                          cfg['contrast_tau'], cfg['contrast_samples'], generator)
 
     # 8. the total
@@ -234,7 +235,8 @@ def validate(eval_nets, cases, cfg, device):
     for i in range(len(cases)):
         sample = cases[i]
         pred, _ = test_single_case(eval_nets, sample['image'], preset['stride_xy'], preset['stride_z'],
-                                   cfg['patch_size'], cfg['num_classes'], device=device)
+                                   cfg['patch_size'], cfg['num_classes'], device=device,
+                                   channels_last=cfg['channels_last'], amp=cfg['amp'])
         dices.append(calculate_metric_percase(pred > 0, sample['label'] > 0)[0])
     for net in eval_nets:
         net.train()
@@ -287,9 +289,7 @@ def main(argv=None):
     if world_size > 1:
         init_distributed(device)
     is_main = rank == 0
-    amp = cfg['amp'] and device.type == 'cuda'
-    if cfg['amp'] and not amp:
-        print('warning: --amp needs CUDA; training in float32 on the CPU', file=sys.stderr)
+    amp = amp_dtype(device) if cfg['amp'] else None
     seed_everything(cfg['seed'], bool(cfg['deterministic']))
 
     # --- data: check the folder first, then the two-stream sampler over iterations ---
@@ -336,7 +336,7 @@ def main(argv=None):
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg['num_workers'],
                         pin_memory=device.type == 'cuda', worker_init_fn=seed_worker,
                         generator=torch.Generator().manual_seed(cfg['seed']))
-    scaler = torch.amp.GradScaler('cuda', enabled=amp)
+    scaler = torch.amp.GradScaler('cuda', enabled=amp == torch.float16)  # bfloat16 needs no loss scaling
     records = RunRecords(run_dir, log, cfg, start, enabled=is_main)
 
     def checkpoint(name, iteration):
@@ -360,7 +360,7 @@ def main(argv=None):
             label = batch['label'].to(device, non_blocking=True)
             generator = step_generator(cfg['seed'] + rank, it, device)
 
-            with torch.autocast(device.type, enabled=amp):
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 if cfg['method'] == 'dual':
                     loss, record, extra = dual_losses(nets['net_a'](image), nets['net_b'](image), label, cfg, it,
                                                       generator, world_size)

@@ -124,7 +124,8 @@ def train_and_test(method, seed, cache, args):
               '--patch_size', args.patch_size, '--n_filters', str(args.n_filters), '--gpu', args.gpu,
               '--labelnum', str(args.labelnum), '--seed', str(seed), '--snapshot_path', str(run_dir)]
     settings = {'max_iterations': args.iterations, 'n_filters': args.n_filters, 'labelnum': args.labelnum,
-                'lr_step': args.lr_step, 'root_path': str(cache)}
+                'lr_step': args.lr_step, 'root_path': str(cache), 'amp': args.amp}
+    fast = ['--channels_last'] * args.channels_last + ['--amp'] * args.amp  # train.py's and test.py's flags
     flags = METHODS[method]
     settings.update(flag_settings(flags))
     if (run_dir / 'config.json').is_file():  # a finished run is reused only if it used these settings
@@ -137,8 +138,7 @@ def train_and_test(method, seed, cache, args):
         t0 = time.time()
         run([sys.executable, 'train.py', *common, *flags,
              '--max_iterations', str(args.iterations), '--lr_step', str(args.lr_step),
-             '--num_workers', str(args.num_workers), '--save_every', str(args.iterations),
-             *(['--channels_last'] if args.channels_last else [])],
+             '--num_workers', str(args.num_workers), '--save_every', str(args.iterations), *fast],
             run_dir / 'train_stdout.txt', args.threads)
         seconds = time.time() - t0
         (run_dir / 'train_seconds.txt').write_text(f'{seconds:.1f}\n')
@@ -151,7 +151,7 @@ def train_and_test(method, seed, cache, args):
         out_dir = run_dir / sub
         if not (out_dir / 'test_summary.json').is_file():
             run([sys.executable, 'test.py', *common, '--stride_xy', str(args.stride_xy), '--stride_z',
-                 str(args.stride_z), '--out_dir', str(out_dir), '--no_progress', *extra],
+                 str(args.stride_z), '--out_dir', str(out_dir), '--no_progress', *extra, *fast],
                 run_dir / f'test_stdout{sub and "_" + sub}.txt', args.threads)
         rows.append(read_cases(out_dir / 'test_cases.csv'))
     return rows[0], seconds, rows[1] if len(rows) > 1 else None
@@ -201,7 +201,8 @@ def main(argv=None):
     p.add_argument('--num_workers', type=int, default=1)
     p.add_argument('--jobs', type=int, default=1, help='runs trained at the same time')
     p.add_argument('--threads', type=int, default=None, help='torch threads per run (default: cores / jobs)')
-    p.add_argument('--channels_last', action='store_true', help="train.py's --channels_last (faster on CPU)")
+    p.add_argument('--channels_last', action='store_true', help="train.py's and test.py's --channels_last")
+    p.add_argument('--amp', action='store_true', help="train.py's and test.py's --amp (bfloat16 on the CPU)")
     p.add_argument('--gpu', default='-1')
     p.add_argument('--cache', default=str(ROOT / 'benchmarks' / 'cache'))
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'cache' / 'la_cpu_runs'))

@@ -3,6 +3,7 @@
     python -m benchmarks.speed --la_root data/LA                         # CPU-sized defaults
     python -m benchmarks.speed --la_root data/LA --gpu 0 --patch_size 112,112,80 --n_filters 16
     python -m benchmarks.speed ... --checkpoint benchmarks/cache/la_cpu_runs/dual_seed1337/final.pth
+    python -m benchmarks.speed --sections precision --repeats 5          # float32 / amp / channels-last
 
 Sections (each prints its own lines; the closing table collects the ratios):
   step      one full dual step (every loss term, both optimisers) over the same step with only the two
@@ -13,8 +14,15 @@ Sections (each prints its own lines; the closing table collects the ratios):
             Dice difference on real volumes
   data      samples/s the training loader delivers over samples/s a training step consumes (goal > 1)
   memory    peak RSS (CPU) / max allocated (CUDA) of a training step with and without the contrastive term
+  precision the full dual step and test_single_case (stride --stride_xy/--stride_z) in float32, under --amp
+            (bfloat16 on the CPU, float16 on CUDA), in channels_last_3d and both, each over float32-contiguous;
+            the settings run interleaved, round by round, so a shared machine's load weighs on all alike
+            goal: a full dual step <= 0.55 of float32 on the CPU
+
+--amp / --channels_last run the step, inference, data and memory sections in that setting.
 """
 import argparse
+import copy
 import json
 import math
 import resource
@@ -28,18 +36,16 @@ import torch
 import torch.nn.functional as F
 
 import train
+from benchmarks.common import SETTINGS, SUPERVISED_ONLY, make_step, timed, timed_side_by_side
 from benchmarks.lineage import per_window_loop
 from dataloaders import Compose, H5Dataset, IterationBatchSampler, RandomCrop, ToTensor, TwoStreamBatchSampler
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.cli import run_cli
-from utils.config import parse_patch, select_device
+from utils.config import amp_dtype, parse_patch, select_device
 from utils.inference import gaussian_weight, overlap_strides, test_single_case
 from utils.metrics import calculate_metric_percase
 
 ROOT = Path(__file__).resolve().parents[1]
-
-SUPERVISED_ONLY = dict(alpha_mc=0, lambda_reg=0, lambda_urps=0, lambda_cps=0, lambda_con=0)
-
 
 def train_config(args, **overrides):
     """train.py's settings for a dual step at the benchmark's patch and width."""
@@ -48,39 +54,6 @@ def train_config(args, **overrides):
                             '--gpu', args.gpu, '--labelnum', str(args.labelnum)])
     cfg.update(overrides)
     return cfg
-
-
-def timed(fn, device, repeats):
-    """Fastest of `repeats` calls, after one untimed warm-up call."""
-    fn()
-    best = math.inf
-    for _ in range(repeats):
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def make_step(cfg, device, image, label):
-    """A closure doing one dual training step on a fixed batch, as train.py does."""
-    nets = train.build_networks(cfg, device)
-    opts = [torch.optim.SGD(nets[n].parameters(), lr=cfg['base_lr'], momentum=0.9, weight_decay=1e-4)
-            for n in ('net_a', 'net_b')]
-    gen = torch.Generator(device=device).manual_seed(0)
-
-    def step():
-        loss = train.dual_losses(nets['net_a'](image), nets['net_b'](image), label, cfg, cfg['max_iterations'],
-                                 gen, 1)[0]
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in opts:
-            opt.step()
-    return step
 
 
 def random_batch(cfg, device, seed=0):
@@ -96,8 +69,9 @@ def random_batch(cfg, device, seed=0):
 def bench_step(args, device, results):
     full, sup = train_config(args), train_config(args, **SUPERVISED_ONLY)
     image, label = random_batch(full, device)
-    t_full = timed(make_step(full, device, image, label), device, args.repeats)
-    t_sup = timed(make_step(sup, device, image, label), device, args.repeats)
+    fast = dict(amp=args.amp, channels_last=args.channels_last)
+    t_full = timed(make_step(full, device, image, label, **fast), device, args.repeats)
+    t_sup = timed(make_step(sup, device, image, label, **fast), device, args.repeats)
     print(f'step: full dual {t_full:.3f} s, supervised-only pair {t_sup:.3f} s')
     results['step: full dual / supervised-only pair'] = (t_full / t_sup, '<= 1.15')
     return t_full
@@ -118,7 +92,8 @@ def bench_inference(args, device, results):
             sum(F.softmax(net(window)[0], dim=1) for net in nets)
     t_forward = timed(one_forward, device, args.repeats)
     ours = timed(lambda: test_single_case(nets, image, sxy, sz, patch, 2, device=device,
-                                          batch_size=args.batch_windows), device, args.repeats)
+                                          batch_size=args.batch_windows, channels_last=args.channels_last,
+                                          amp=args.amp), device, args.repeats)
     naive = timed(lambda: per_window_loop(nets, image, sxy, sz, patch, 2, device, grad=False), device, args.repeats)
     released = timed(lambda: per_window_loop(nets, image, sxy, sz, patch, 2, device, grad=True), device,
                      args.repeats)
@@ -184,6 +159,46 @@ def bench_data(args, device, t_step, results):
     results['data: loader samples/s / step samples/s'] = (delivered / consumed, '> 1')
 
 
+def bench_precision(args, device, results):
+    """Full dual step and sliding-window inference in the four SETTINGS, interleaved; ratios to float32."""
+    cfg = train_config(args)
+    image, label = random_batch(cfg, device)
+    steps = {}
+    for name, amp, channels_last in SETTINGS:
+        torch.manual_seed(0)  # the same initial weights in every setting
+        steps[name] = make_step(cfg, device, image, label, amp=amp, channels_last=channels_last)
+    t_step = timed_side_by_side(steps, device, args.repeats)
+
+    nets = [n.eval() for n in train.build_networks(cfg, device).values()]
+    dataset = H5Dataset(cfg['root_path'], pattern='{id}/mri_norm2.h5')
+    volume = dataset[len(dataset) - 1]['image']
+    outputs = {}
+
+    def infer(name, amp, channels_last):
+        own = [copy.deepcopy(n) for n in nets]  # test_single_case converts the networks to its memory format
+
+        def run():
+            outputs[name] = test_single_case(own, volume, args.stride_xy, args.stride_z, args.patch_size, 2,
+                                             device=device, batch_size=args.batch_windows,
+                                             channels_last=channels_last, amp=amp)[0]
+        return run
+    t_infer = timed_side_by_side({name: infer(name, amp, cl) for name, amp, cl in SETTINGS}, device,
+                                 args.repeats)
+    amp_name = str(amp_dtype(device)).split('.')[-1]
+    print(f'precision ({args.repeats} interleaved rounds, fastest; amp = {amp_name} autocast; inference on '
+          f'{volume.shape} at stride {args.stride_xy}/{args.stride_z}):')
+    print('| setting | dual step (s) | ratio | inference (s) | ratio | labels equal to float32 |')
+    print('|---|---|---|---|---|---|')
+    for name, _, _ in SETTINGS:
+        agree = float((outputs[name] == outputs['float32']).mean())
+        print(f'| {name} | {t_step[name]:.3f} | {t_step[name] / t_step["float32"]:.3f} | {t_infer[name]:.2f} | '
+              f'{t_infer[name] / t_infer["float32"]:.3f} | {agree:.5f} |')
+    for name, _, _ in SETTINGS[1:]:
+        goal = '<= 0.55 (CPU)' if name == 'amp + channels_last' else '< 1'
+        results[f'precision: dual step, {name} / float32'] = (t_step[name] / t_step['float32'], goal)
+        results[f'precision: inference, {name} / float32'] = (t_infer[name] / t_infer['float32'], '< 1')
+
+
 def bench_memory(args, results):
     """Peak memory of one training step, each variant in a fresh process so peaks do not mix."""
     peaks = {}
@@ -191,7 +206,7 @@ def bench_memory(args, results):
         out = subprocess.run([sys.executable, '-m', 'benchmarks.speed', '--la_root', str(Path(args.la_root).resolve()),
                               '--gpu', args.gpu, '--patch_size', ','.join(map(str, args.patch_size)),
                               '--n_filters', str(args.n_filters), '--labelnum', str(args.labelnum),
-                              '--_memory_probe', con],
+                              '--_memory_probe', con] + ['--amp'] * args.amp + ['--channels_last'] * args.channels_last,
                              cwd=ROOT, capture_output=True, text=True, check=True)
         peaks[name] = json.loads(out.stdout.strip().splitlines()[-1])
     unit = 'MiB max allocated (CUDA)' if peaks['with contrastive']['cuda'] else 'MiB peak RSS'
@@ -204,7 +219,7 @@ def memory_probe(args):
     device = select_device(args.gpu)
     cfg = train_config(args, lambda_con=float(args._memory_probe))
     image, label = random_batch(cfg, device)
-    step = make_step(cfg, device, image, label)
+    step = make_step(cfg, device, image, label, amp=args.amp, channels_last=args.channels_last)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     step()
@@ -235,7 +250,9 @@ def main(argv=None):
     p.add_argument('--eval_stride_xy', type=int, default=16, help='fixed stride the overlap section compares')
     p.add_argument('--eval_stride_z', type=int, default=8)
     p.add_argument('--overlap_cases', type=int, default=20)
-    p.add_argument('--sections', default='step,inference,overlap,data,memory')
+    p.add_argument('--sections', default='step,inference,overlap,data,memory,precision')
+    p.add_argument('--amp', action='store_true', help="train.py's --amp in the other sections")
+    p.add_argument('--channels_last', action='store_true', help="train.py's --channels_last in the other sections")
     p.add_argument('--_memory_probe', default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.patch_size = tuple(args.patch_size)
@@ -255,6 +272,8 @@ def main(argv=None):
         bench_data(args, device, t_step, results)
     if 'memory' in sections:
         bench_memory(args, results)
+    if 'precision' in sections:
+        bench_precision(args, device, results)
     print('\n| ratio | measured | goal |\n|---|---|---|')
     for name, (value, goal) in results.items():
         print(f'| {name} | {value:.3f} | {goal} |')

@@ -4,6 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .precision import wide_dtype, widen
 from .supervised import dice_loss
 
 
@@ -33,7 +34,10 @@ def percentile(values, q):
 
 
 def entropy(prob):
-    """H_v = -sum_c p_c log p_c over dim 1 (0 log 0 = 0). (B, C, ...) -> (B, ...)."""
+    """H_v = -sum_c p_c log p_c over dim 1 (0 log 0 = 0). (B, C, ...) -> (B, ...), at least float32."""
+    # float32 per voxel: half-precision entropies take few distinct values, and ties at the percentile
+    # would flag more than the asked share (a no-op for float32 probabilities)
+    prob = widen(prob)
     return -torch.xlogy(prob, prob).sum(dim=1)
 
 
@@ -95,10 +99,11 @@ def cross_pseudo_label(prob_a, prob_b, uncertain_percent=20, filter_mode='global
 def cps_loss(logits, pseudo_label, reliable):
     """L_cps = mean over v in R of CE(z, yhat)_v; 0 (on the graph) when R is empty.
 
-    logits: (B, C, X, Y, Z); pseudo_label: (B, X, Y, Z) int64; reliable:
-    (B, X, Y, Z) bool. Gradient flows to logits only.
+    logits: (B, C, X, Y, Z) of any float dtype; pseudo_label: (B, X, Y, Z) int64;
+    reliable: (B, X, Y, Z) bool. Gradient flows to logits only. Returns an at least float32 scalar.
     """
-    ce = F.cross_entropy(logits, pseudo_label.detach(), reduction='none')
+    # cross_entropy is nll_loss of log_softmax: a float32 log_softmax makes a float32 CE map to sum
+    ce = F.nll_loss(F.log_softmax(logits, dim=1, dtype=wide_dtype(logits)), pseudo_label.detach(), reduction='none')
     weight = reliable.detach().to(ce.dtype)
     return (ce * weight).sum() / weight.sum().clamp_min(1)
 
@@ -107,8 +112,9 @@ def cps_dice_loss(prob, pseudo_label, reliable):
     """Soft Dice of p against yhat over R, mean over foreground classes (optional beside L_cps).
 
     loss = mean_{c>=1} dice_loss(p_c[R], yhat[R] == c). Unlike the voxel-mean CE, it weighs the
-    foreground by its overlap, not by its voxel count. prob: (B, C, X, Y, Z); pseudo_label:
-    (B, X, Y, Z) int64; reliable: (B, X, Y, Z) bool. 0 (on the graph) when R is empty.
+    foreground by its overlap, not by its voxel count. prob: (B, C, X, Y, Z), any float dtype (dice_loss
+    sums in float32); pseudo_label: (B, X, Y, Z) int64; reliable: (B, X, Y, Z) bool. 0 (on the graph)
+    when R is empty.
     """
     keep = reliable.detach()
     target = pseudo_label.detach()[keep]

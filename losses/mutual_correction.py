@@ -2,6 +2,8 @@
 import torch
 import torch.nn.functional as F
 
+from .precision import wide_dtype
+
 
 @torch.no_grad()
 def confident_disagreement(prob_a, prob_b, conf_thresh=0.6):
@@ -32,11 +34,13 @@ def mutual_correction_loss(prob, label, mask):
     of this formula).
 
     prob: (B, C, X, Y, Z) probabilities (gradient flows to it only);
-    label: (B, X, Y, Z) int64; mask: (B, X, Y, Z) bool. Returns a scalar,
-    0 (still on the graph) when M is empty.
+    label: (B, X, Y, Z) int64; mask: (B, X, Y, Z) bool. Returns a scalar, at
+    least float32, 0 (still on the graph) when M is empty.
     """
     n_classes = prob.shape[1]
     onehot = F.one_hot(label, n_classes).movedim(-1, 1).to(prob.dtype)
     mask = mask.detach().to(prob.dtype).unsqueeze(1)
     squared = (prob[:, 1:] - onehot[:, 1:]) ** 2
-    return (squared * mask).sum() / (n_classes - 1) / (mask.sum() + 1e-16)
+    # float32 sums: a float16 voxel count passes 65504 at full size
+    wide = wide_dtype(prob)
+    return (squared * mask).sum(dtype=wide) / (n_classes - 1) / (mask.sum(dtype=wide) + 1e-16)

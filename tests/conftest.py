@@ -17,6 +17,11 @@ ITERATION_COLUMNS = {
 }
 
 
+def pytest_configure(config):
+    # benchmarks/gpu_check.py runs `pytest -m cuda`: the tests that exercise a CUDA device (skipped without one)
+    config.addinivalue_line('markers', 'cuda: needs a CUDA device; skipped without one')
+
+
 @pytest.fixture(scope='session')
 def phantoms(tmp_path_factory):
     """8 training + 2 test phantoms of 32^3 voxels in the LA layout, made once per session."""

@@ -234,6 +234,24 @@ def test_bad_arguments_raise():
         run(tiny_convnet(0), image[0])
 
 
+def test_channels_last_and_cpu_amp_match_float32():
+    image = np.random.default_rng(7).normal(size=(30, 27, 14)).astype(np.float32)
+    nets = [tiny_convnet(6), tiny_convnet(7)]
+    label, score = run(nets, image)
+    label_cl, score_cl = run(nets, image, channels_last=True)
+    weights = [p for n in nets for p in n.parameters() if p.dim() == 5]
+    assert all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in weights)
+    np.testing.assert_allclose(score_cl, score, rtol=0, atol=1e-5)
+    assert (label_cl == label).mean() > 0.999
+    # --amp on the CPU: bfloat16 forward passes, float32 scores (sums of probabilities stay probabilities)
+    label_amp, score_amp = run(nets, image, amp=True, channels_last=True)
+    assert score_amp.dtype == np.float32 and not np.array_equal(score_amp, score)
+    np.testing.assert_allclose(score_amp.sum(axis=0), 1, atol=1e-5)
+    np.testing.assert_allclose(score_amp, score, rtol=0, atol=2e-2)
+    assert (label_amp == label).mean() > 0.98
+
+
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_cuda_matches_cpu():
     image = np.random.default_rng(5).normal(size=(30, 27, 14)).astype(np.float32)

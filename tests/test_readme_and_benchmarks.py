@@ -4,6 +4,7 @@ Long commands (full LA training, the benchmarks) are exercised here as smoke run
 start runs as written in .ci/run.
 """
 import json
+import math
 import re
 import shlex
 import subprocess
@@ -113,8 +114,11 @@ def test_speed_benchmark_runs_on_phantoms(phantoms):
                 '--num_workers', '0', '--labelnum', '4'], timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     for ratio in ('step: full dual / supervised-only pair', 'inference: test_single_case / naive no_grad',
-                  'data: loader samples/s / step samples/s', 'memory: with / without contrastive'):
+                  'data: loader samples/s / step samples/s', 'memory: with / without contrastive',
+                  'precision: dual step, amp + channels_last / float32',
+                  'precision: inference, amp + channels_last / float32'):
         assert f'| {ratio} |' in done.stdout
+    assert '| amp + channels_last |' in done.stdout  # the side-by-side table of the four settings
 
 
 def user_facing_files():
@@ -141,6 +145,31 @@ def test_user_facing_files_point_only_at_what_the_repository_holds():
 def test_benchmarks_run_as_modules_without_path_edits():
     for path in sorted((REPO / 'benchmarks').glob('*.py')):
         assert 'sys.path' not in path.read_text(), path.name
-        if path.stem not in ('__init__', 'lineage'):
+        if path.stem not in ('__init__', 'lineage', 'common'):  # modules the scripts import
             done = run([sys.executable, '-m', f'benchmarks.{path.stem}', '--help'])
             assert done.returncode == 0 and 'usage' in done.stdout, (path.name, done.stderr[-1000:])
+
+
+def test_gpu_check_quick_runs_every_step_on_the_cpu(tmp_path):
+    out = tmp_path / 'gpu_check.json'
+    done = run([sys.executable, '-m', 'benchmarks.gpu_check', '--quick', '--gpu', '-1', '--out', str(out)], timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result['ok'] and result['quick'] and result['table'] in done.stdout
+    assert result['tests']['ok'] and result['tests']['failed'] == 0  # pytest -m cuda ran (and skipped here)
+    assert result['tests']['skipped'] + result['tests']['passed'] > 0
+    assert set(result['train']) == {'float32', 'amp', 'channels_last', 'amp + channels_last', 'pair-sup'}
+    for row in result['train'].values():
+        assert row['finite'] and row['seconds_per_iteration'] > 0 and row['projected_hours'] > 0
+        assert all(math.isfinite(v) for v in row['last_terms'].values())
+    for name in ('float32', 'amp', 'amp + channels_last'):
+        assert result['train'][name]['contrastive_steps'] > 0, name  # L_con was computed, not skipped
+    assert result['overhead_ratio'] > 0
+    rows = result['inference']['rows']
+    assert set(rows) == {'float32', 'amp + channels_last', 'cpu float32'}
+    assert rows['float32']['agreement_with_cpu'] >= 0.999 and rows['amp + channels_last']['agreement_with_cpu'] > 0.9
+
+
+def test_gpu_check_without_a_gpu_says_so_in_one_line():
+    done = run([sys.executable, '-m', 'benchmarks.gpu_check', '--gpu', '-1'])
+    assert done.returncode != 0 and done.stderr.count('\n') == 1 and '--quick' in done.stderr

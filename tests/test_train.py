@@ -317,6 +317,20 @@ def test_resume_is_bit_exact_with_any_num_workers(phantoms, reference, tmp_path,
     assert read_csv(resumed / 'iterations.csv') == read_csv(reference / 'iterations.csv')
 
 
+@pytest.mark.parametrize('flags', [['--channels_last'], ['--amp'], ['--amp', '--channels_last']],
+                         ids=['channels_last', 'amp', 'both'])
+def test_resume_is_bit_exact_with_channels_last_and_cpu_amp(phantoms, reference, tmp_path, flags):
+    full, resumed = tmp_path / 'full', tmp_path / 'resumed'
+    train.main(args(phantoms, full, *flags, max_iterations=8, save_every=4))
+    if '--amp' in flags:  # on the CPU --amp trains in bfloat16: not the float32 weights
+        assert not torch.equal(load(full / 'final.pth')['net_a']['block_one.conv.0.weight'],
+                               load(reference / 'final.pth')['net_a']['block_one.conv.0.weight'])
+    resumed.mkdir()
+    shutil.copy(full / 'latest.pth', resumed / 'latest.pth')
+    train.main(args(phantoms, resumed, *flags, '--resume', 'auto', max_iterations=8))
+    assert_same_run(load(full / 'final.pth'), load(resumed / 'final.pth'))
+
+
 @pytest.mark.parametrize('method', ['mt', 'sup'])
 def test_resume_is_bit_exact_for_the_baselines(phantoms, tmp_path, method):
     full, resumed = tmp_path / 'full', tmp_path / 'resumed'

@@ -128,6 +128,12 @@ def select_device(gpu, local_rank=None):
     return torch.device('cuda', int(gpu))
 
 
+def amp_dtype(device):
+    """The autocast dtype of --amp: float16 on CUDA (train.py adds a gradient scaler), bfloat16 elsewhere (the
+    CPU's fast reduced precision; its float32 exponent range needs no scaler)."""
+    return torch.float16 if torch.device(device).type == 'cuda' else torch.bfloat16
+
+
 def env_rank():
     """(rank, world_size, local_rank) from torchrun's environment; (0, 1, None) otherwise."""
     if 'RANK' in os.environ and 'WORLD_SIZE' in os.environ:

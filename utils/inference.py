@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from utils.config import amp_dtype
 from utils.metrics import METRICS, calculate_metric_percase, largest_connected_component
 
 
@@ -64,11 +65,13 @@ def _module_device(module):
     return param.device if param is not None else torch.device('cpu')
 
 
-def _mean_softmax(nets, batch, num_classes):
-    """(B,C,px,py,pz) mean over nets of softmax(logits); a net may return logits or (logits, features, ...)."""
+def _mean_softmax(nets, batch, num_classes, amp=False):
+    """(B,C,px,py,pz) float32 mean over nets of softmax(logits); a net may return logits or (logits, features, ...).
+    amp: the forward passes under autocast in amp_dtype (the softmax stays float32)."""
     prob = None
     for net in nets:
-        out = net(batch)
+        with torch.autocast(batch.device.type, dtype=amp_dtype(batch.device), enabled=amp):
+            out = net(batch)
         logits = out[0] if isinstance(out, (tuple, list)) else out
         if logits.shape[1] != num_classes:
             raise ValueError(f'network returned {logits.shape[1]} channels, expected num_classes={num_classes}')
@@ -89,7 +92,7 @@ def _coverage(length, starts, patch, device):
 
 @torch.inference_mode()
 def test_single_case(net, image, stride_xy, stride_z, patch_size, num_classes, device=None, batch_size=1,
-                     weight=None):
+                     weight=None, channels_last=False, amp=False):
     """Sliding-window segmentation of one volume.
 
     net: module or list/tuple of modules (their softmax outputs are averaged), already in eval mode.
@@ -97,6 +100,11 @@ def test_single_case(net, image, stride_xy, stride_z, patch_size, num_classes, d
     and the padding is removed from the outputs. device: where windows run and scores accumulate (default: the first
     net's device); the image goes there once and the results come back once. batch_size: windows per forward pass.
     weight: optional (px,py,pz) importance map (e.g. gaussian_weight(patch_size)); None = plain average.
+    channels_last: the windows and the networks in torch.channels_last_3d (faster 3D convolutions on the CPU), else
+    both contiguous; the networks are converted in place, as net.to(memory_format=...) does (a no-op when they are
+    in that format already).
+    amp: forward passes under autocast, float16 on CUDA and bfloat16 on the CPU (utils.config.amp_dtype); softmax,
+    averaging and scores stay float32.
     Returns (label_map int64 numpy (X,Y,Z), score_map float32 numpy (C,X,Y,Z)).
     """
     nets = list(net) if isinstance(net, (list, tuple)) else [net]
@@ -109,6 +117,9 @@ def test_single_case(net, image, stride_xy, stride_z, patch_size, num_classes, d
     if len(patch) != 3 or batch_size < 1:
         raise ValueError(f'patch_size must have 3 entries and batch_size be >= 1, got {patch_size}, {batch_size}')
     device = _module_device(nets[0]) if device is None else torch.device(device)
+    memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+    for n in nets:
+        n.to(memory_format=memory_format)
 
     pads = [(max(p - s, 0) // 2, max(p - s, 0) - max(p - s, 0) // 2) for s, p in zip(image.shape, patch)]
     vol = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
@@ -132,7 +143,7 @@ def test_single_case(net, image, stride_xy, stride_z, patch_size, num_classes, d
     for first in range(0, len(windows), batch_size):
         chunk = windows[first:first + batch_size]
         batch = torch.stack([vol[x:x + px, y:y + py, z:z + pz] for x, y, z in chunk]).unsqueeze(1)
-        prob = _mean_softmax(nets, batch, num_classes)
+        prob = _mean_softmax(nets, batch.contiguous(memory_format=memory_format), num_classes, amp)
         if weight is not None:
             prob.mul_(weight)
         for k, (x, y, z) in enumerate(chunk):
@@ -173,19 +184,21 @@ def keep_largest_components(pred, num_classes):
 
 
 def test_all_case(net, cases, num_classes, patch_size, stride_xy, stride_z, device=None, lcc=False, spacing=None,
-                  lineage_empty=False, save_fn=None, batch_size=1, weight=None, progress=True):
+                  lineage_empty=False, save_fn=None, batch_size=1, weight=None, progress=True, channels_last=False,
+                  amp=False):
     """Segment and score every case of `cases`, an iterable of (case_id, image (X,Y,Z), label (X,Y,Z)).
 
     lcc: keep only the largest connected component per class before scoring. save_fn(case_id, pred, image, label,
-    score) is called with the scored prediction. Returns one dict per case: 'case', 'dice', 'jaccard', 'hd95',
-    'asd', 'empty', 'gt_empty', 'seconds' (inference wall time incl. transfers), 'shape', and per-class columns
-    when num_classes > 2 (see case_metrics); utils.metrics.summarize turns them into mean ± std.
+    score) is called with the scored prediction. channels_last, amp: as in test_single_case. Returns one dict per
+    case: 'case', 'dice', 'jaccard', 'hd95', 'asd', 'empty', 'gt_empty', 'seconds' (inference wall time incl.
+    transfers), 'shape', and per-class columns when num_classes > 2 (see case_metrics); utils.metrics.summarize
+    turns them into mean ± std.
     """
     rows = []
     for case_id, image, label in tqdm(cases, desc='test', unit='case', disable=not progress):
         start = time.perf_counter()
         pred, score = test_single_case(net, image, stride_xy, stride_z, patch_size, num_classes, device=device,
-                                       batch_size=batch_size, weight=weight)
+                                       batch_size=batch_size, weight=weight, channels_last=channels_last, amp=amp)
         seconds = time.perf_counter() - start  # .cpu() in test_single_case synchronises, so this is device time too
         if lcc:
             pred = keep_largest_components(pred, num_classes)

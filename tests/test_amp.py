@@ -1,0 +1,159 @@
+"""Every loss term under CPU autocast, float16 and bfloat16, at full LA size; a whole dual step under autocast.
+
+Full size matters: a float16 sum overflows at 65504, so the prototype sum of the contrastive term over about a
+million unit features of one class is inf (then NaN) at 2 x 16 x 112 x 112 x 80, not on small test tensors.
+Each term is computed twice under autocast: with the float32 inputs train.py gives it (logits and probabilities
+are cast to float32 there), and with every input in the autocast dtype (features as the networks emit them,
+logits and probabilities as a caller might pass them). Both must be finite and close to the float32 value.
+"""
+import pytest
+import torch
+
+from losses import (confident_disagreement, cosine_consistency_loss, cps_dice_loss, cps_loss, cross_pseudo_label,
+                    dice_loss, entropy, mutual_correction_loss, percentile, prototype_contrastive_loss,
+                    softmax_mse_loss, supervised_loss, urps_loss)
+from networks import ResNet34VNet, VNet
+
+import train
+
+SHAPE = (2, 2, 112, 112, 80)  # two unlabeled LA patches, binary
+FEATURES = 16
+HALF = (torch.float16, torch.bfloat16)
+# (rtol, atol) against the float32 value when every input is rounded to the autocast dtype first; measured
+# worst cases: 3.5e-4 (float16, the entropy percentile) and 8.6e-4 (bfloat16, cps_dice)
+TOLERANCE = {torch.float16: (1e-3, 1e-6), torch.bfloat16: (3e-3, 1e-6)}
+
+
+@pytest.fixture(scope='module')
+def full():
+    """float32 inputs at full size, with the masks train.py derives from them."""
+    g = torch.Generator().manual_seed(0)
+    label = torch.rand(SHAPE[:1] + SHAPE[2:], generator=g) < 0.2
+    # two imperfect networks that mostly agree with the label and with each other
+    base = 3 * (2 * label.float() - 1) + 2 * torch.randn(SHAPE[:1] + SHAPE[2:], generator=g)
+    logits_a = torch.stack([-base / 2, base / 2], dim=1)
+    logits_b = logits_a + torch.randn(SHAPE, generator=g)
+    prob_a, prob_b = logits_a.softmax(dim=1), logits_b.softmax(dim=1)
+    pseudo, reliable = cross_pseudo_label(prob_a, prob_b)
+    # post-ReLU features, each class around its own direction: sums of their unit vectors grow like the count
+    direction = torch.rand(2, FEATURES, generator=g)
+    features = (direction[label.long()].movedim(-1, 1) + 0.5 * torch.randn((SHAPE[0], FEATURES) + SHAPE[2:],
+                                                                          generator=g)).relu_()
+    return dict(logits_a=logits_a, logits_b=logits_b, prob_a=prob_a, prob_b=prob_b, label=label.long(),
+                pseudo=pseudo, reliable=reliable, features=features, student_prob=prob_b)
+
+
+@pytest.fixture(scope='module')
+def rounded(full):
+    """The same inputs with every float tensor in float16 / bfloat16, made once per dtype."""
+    return {dtype: {k: v.to(dtype) if v.is_floating_point() and k != 'student_prob' else v for k, v in full.items()}
+            for dtype in HALF}
+
+
+def contrastive(t):
+    # the sampled voxels depend on argmax p: the probabilities are float32, as train.py gives them
+    return prototype_contrastive_loss(t['features'], t['student_prob'], t['pseudo'], t['reliable'],
+                                      generator=torch.Generator().manual_seed(1))
+
+
+TERMS = {
+    'supervised': lambda t: supervised_loss(t['logits_a'], t['label'])[0],
+    'dice': lambda t: dice_loss(t['prob_a'][:, 1], t['label']),
+    'mutual_correction': lambda t: mutual_correction_loss(
+        t['prob_a'], t['label'], confident_disagreement(t['prob_a'], t['prob_b'])),
+    'cosine': lambda t: cosine_consistency_loss(t['prob_a'], t['prob_b']),
+    'urps': lambda t: urps_loss(t['logits_b'], t['prob_a']),
+    'cps': lambda t: cps_loss(t['logits_a'], t['pseudo'], t['reliable']),
+    'cps_dice': lambda t: cps_dice_loss(t['prob_a'], t['pseudo'], t['reliable']),
+    'entropy_percentile': lambda t: percentile(entropy(t['prob_a']), 80),
+    'contrastive': contrastive,
+    'mean_teacher': lambda t: softmax_mse_loss(t['logits_a'], t['logits_b']),
+}
+
+
+@pytest.fixture(scope='module')
+def reference(full):
+    return {name: fn(full).item() for name, fn in TERMS.items()}
+
+
+@pytest.mark.parametrize('dtype', HALF, ids=str)
+@pytest.mark.parametrize('name', TERMS)
+def test_term_under_autocast_with_float32_inputs_equals_float32(full, reference, name, dtype):
+    with torch.autocast('cpu', dtype=dtype):
+        value = TERMS[name](full)
+    assert value.dtype == torch.float32 and torch.isfinite(value), (name, value)
+    assert value.item() == pytest.approx(reference[name], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize('dtype', HALF, ids=str)
+@pytest.mark.parametrize('name', TERMS)
+def test_term_under_autocast_with_half_inputs_is_close_to_float32(rounded, reference, name, dtype):
+    with torch.autocast('cpu', dtype=dtype):
+        value = TERMS[name](rounded[dtype])
+    assert value.dtype == torch.float32 and torch.isfinite(value), (name, value)
+    rtol, atol = TOLERANCE[dtype]
+    assert value.item() == pytest.approx(reference[name], rel=rtol, abs=atol)
+
+
+@pytest.mark.parametrize('dtype', HALF, ids=str)
+def test_pseudo_labels_from_half_probabilities_match_float32(full, rounded, dtype):
+    with torch.autocast('cpu', dtype=dtype):
+        pseudo, reliable = cross_pseudo_label(rounded[dtype]['prob_a'], rounded[dtype]['prob_b'])
+    assert (pseudo == full['pseudo']).float().mean() > 0.999
+    assert (reliable == full['reliable']).float().mean() > 0.99
+
+
+# float16 convolutions are slow on the CPU: channels-last only with bfloat16, the pair --amp --channels_last runs
+@pytest.mark.parametrize('dtype,channels_last', [(torch.float16, False), (torch.bfloat16, False),
+                                                 (torch.bfloat16, True)], ids=['float16', 'bfloat16', 'bfloat16-cl'])
+@pytest.mark.usefixtures('one_thread')
+def test_dual_step_under_autocast_is_finite_and_trains_both_networks(dtype, channels_last):
+    torch.manual_seed(1)  # a seed where both untrained networks predict both classes
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    kw = dict(n_channels=1, n_classes=2, n_filters=2)
+    net_a, net_b = VNet(**kw).to(memory_format=fmt), ResNet34VNet(**kw).to(memory_format=fmt)
+    image = torch.randn(4, 1, 16, 16, 16).contiguous(memory_format=fmt)
+    label = (torch.rand(4, 16, 16, 16) > 0.6).long()
+    cfg = dict(labeled_bs=2, conf_thresh=0.5, uncertain_percent=20, filter='global', anneal_uncertain=False,
+               cps_dice=True, max_iterations=10, contrast_tau=0.1, contrast_samples=64, rampup=10, alpha_mc=0.5,
+               lambda_reg=1.0, lambda_urps=1.0, lambda_cps=1.0, lambda_con=0.1)
+    with torch.autocast('cpu', dtype=dtype):
+        total, record, _ = train.dual_losses(net_a(image), net_b(image), label, cfg, 10, torch.Generator(), 1)
+    for name, value in record.items():
+        assert torch.isfinite(value), name
+    for term in ('mc_a', 'reg', 'urps', 'cps_a', 'con'):
+        assert record[term] != 0, term  # every term is on and computed
+    total.backward()
+    for net in (net_a, net_b):
+        grads = [p.grad for p in net.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert sum(g.abs().sum() for g in grads) > 0
+
+
+# ------------------------------------------------------------------------ on a GPU (benchmarks/gpu_check.py runs these)
+
+@pytest.mark.parametrize('name', TERMS)
+@pytest.mark.parametrize('dtype', HALF, ids=str)
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_term_under_autocast_is_close_to_float32(full, rounded, reference, name, dtype):
+    """What --amp on a GPU gives the losses: network outputs in float16 under CUDA autocast."""
+    inputs = {k: v.cuda() for k, v in rounded[dtype].items()}
+    with torch.autocast('cuda', dtype=dtype):
+        value = TERMS[name](inputs)
+    assert value.dtype == torch.float32 and torch.isfinite(value), (name, value)
+    rtol, atol = TOLERANCE[dtype]
+    if name == 'contrastive':  # the CUDA generator draws other voxels than the CPU one: sampling noise
+        rtol = 0.05
+    assert value.item() == pytest.approx(reference[name], rel=rtol, abs=atol)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_train_with_amp_and_channels_last_runs_finite(phantoms, tmp_path):
+    from conftest import train_argv
+    run = tmp_path / 'run'
+    train.main(train_argv(phantoms, run, '--amp', '--channels_last', gpu=0, max_iterations=3, log_every=1))
+    rows = (run / 'iterations.csv').read_text().splitlines()
+    assert len(rows) == 4 and 'nan' not in ''.join(rows).lower() and 'inf' not in ''.join(rows).lower()
+    assert torch.load(run / 'final.pth', weights_only=True)['iteration'] == 3
