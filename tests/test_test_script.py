@@ -175,8 +175,8 @@ def test_end_to_end_after_train(trained_run, phantoms):
 def test_channels_last_and_amp_evaluate_like_float32(trained_run, phantoms, tmp_path, capsys):
     flags = ['--dataset', 'h5', '--root_path', str(phantoms), '--checkpoint', str(trained_run / 'final.pth'),
              '--gpu', '-1', '--no_progress']
-    assert SCRIPT.cli(flags + ['--out_dir', str(tmp_path / 'f32')]) == 0
-    assert SCRIPT.cli(flags + ['--out_dir', str(tmp_path / 'fast'), '--channels_last', '--amp']) == 0, \
+    assert cli(flags + ['--out_dir', str(tmp_path / 'f32')]) == 0
+    assert cli(flags + ['--out_dir', str(tmp_path / 'fast'), '--channels_last', '--amp']) == 0, \
         capsys.readouterr().err
     f32, fast = (json.loads((tmp_path / d / 'test_summary.json').read_text()) for d in ('f32', 'fast'))
     assert (fast['settings']['channels_last'], fast['settings']['amp']) == (True, True)
