@@ -71,6 +71,8 @@ def build_parser():
     g.add_argument('--anneal_uncertain', action='store_true',
                    help='L_cps: the uncertain share decays linearly to 0 over the run (U2PL)')
     g.add_argument('--cps_dice', action='store_true', help='L_cps: add a soft Dice against yhat over R')
+    g.add_argument('--ramp_unsup', action='store_true',
+                   help="ramp L_reg, L_urps and L_cps in with L_con's sigmoid (ours; the paper: full weight at once)")
     g.add_argument('--conf_thresh', type=float, default=0.6)
     g.add_argument('--contrast_tau', type=float, default=0.1)
     g.add_argument('--contrast_samples', type=int, default=2048)
@@ -139,8 +141,9 @@ def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
               cps_b, con (a term switched off by a zero weight is 0), and the pseudo-label shares reliable
               (R's share of unlabeled voxels), pseudo_fg (yhat's foreground share) and reliable_fg
               (foreground share within R), 0 when no pseudo-labels are made;
-      extra   {'winner': 'A' or 'B', 'lambda_con': the ramped contrastive weight, 'uncertain_percent': the
-              uncertain share (percent) L_cps used}, the two as Python numbers.
+      extra   {'winner': 'A' or 'B', 'lambda_con': the ramped contrastive weight, 'unsup_weight': the factor
+              on L_reg, L_urps and L_cps (1 unless --ramp_unsup), 'uncertain_percent': the uncertain share
+              (percent) L_cps used}, the last three as Python numbers.
     train.py logs record and extra, under these names, as iterations.csv columns."""
     lb = cfg['labeled_bs']
     (logits_a, feat_a), (logits_b, feat_b) = out_a, out_b
@@ -187,16 +190,19 @@ def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
             cps_b = cps_b + cps_dice_loss(prob_b[lb:], pseudo, reliable)
 
     # 7. prototype contrast on the loser's features, ramped in over the run
-    lambda_c = cfg['lambda_con'] * sigmoid_rampup(it, cfg['rampup'])
+    ramp = sigmoid_rampup(it, cfg['rampup'])
+    lambda_c = cfg['lambda_con'] * ramp
     con = zero
     if cfg['lambda_con'] > 0:
         loser_feat, loser_prob = (feat_b, prob_b) if a_wins else (feat_a, prob_a)
         con = prototype_contrastive_loss(loser_feat[lb:], loser_prob[lb:], pseudo, reliable,
                                          cfg['contrast_tau'], cfg['contrast_samples'], generator)
 
-    # 8. the total
-    total = (sup_a + sup_b + cfg['alpha_mc'] * (mc_a + mc_b) + cfg['lambda_cps'] * (cps_a + cps_b)
-             + cfg['lambda_reg'] * reg + cfg['lambda_urps'] * urps + lambda_c * con)
+    # 8. the total; --ramp_unsup holds back the terms that learn from the networks' own early guesses, which
+    # at full weight from iteration 0 can agree on background everywhere and never leave it
+    unsup = ramp if cfg['ramp_unsup'] else 1.0
+    total = (sup_a + sup_b + cfg['alpha_mc'] * (mc_a + mc_b) + unsup * cfg['lambda_cps'] * (cps_a + cps_b)
+             + unsup * (cfg['lambda_reg'] * reg + cfg['lambda_urps'] * urps) + lambda_c * con)
     record = dict(loss=total, sup_a=sup_a, sup_b=sup_b, dice_a=dice_a, dice_b=dice_b, mc_a=mc_a, mc_b=mc_b,
                   reg=reg, urps=urps, cps_a=cps_a, cps_b=cps_b, con=con, reliable=zero, pseudo_fg=zero,
                   reliable_fg=zero)
@@ -204,7 +210,8 @@ def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
         fg = pseudo > 0
         record.update(reliable=reliable.float().mean(), pseudo_fg=fg.float().mean(),
                       reliable_fg=(fg & reliable).sum() / reliable.sum().clamp_min(1))
-    return total, record, {'winner': 'A' if a_wins else 'B', 'lambda_con': lambda_c, 'uncertain_percent': uncertain}
+    return total, record, {'winner': 'A' if a_wins else 'B', 'lambda_con': lambda_c, 'unsup_weight': unsup,
+                           'uncertain_percent': uncertain}
 
 
 def mt_losses(student_out, teacher_logits, label, cfg, it):

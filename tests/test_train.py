@@ -140,6 +140,7 @@ WEIGHTS = ('alpha_mc', 'lambda_reg', 'lambda_urps', 'lambda_cps', 'lambda_con')
 def term_cfg(**on):
     cfg = dict(labeled_bs=2, conf_thresh=0.5, uncertain_percent=20, contrast_tau=0.1, contrast_samples=64,
                rampup=10, max_iterations=10, filter='classwise', anneal_uncertain=False, cps_dice=False,
+               ramp_unsup=False,
                **{w: 0.0 for w in WEIGHTS})
     cfg.update(on)
     return cfg
@@ -204,6 +205,19 @@ def test_each_term_reaches_exactly_the_networks_method_md_says(tiny_pair, monkey
         assert (record[t] != 0) == (t in on), t  # every term that is on is nonzero here
 
 
+@pytest.mark.parametrize('ramp_unsup', [False, True])
+def test_ramp_unsup_scales_reg_urps_and_cps_only(tiny_pair, ramp_unsup):
+    net_a, net_b, image, label = tiny_pair
+    cfg = term_cfg(ramp_unsup=ramp_unsup, **{w: 1.0 for w in WEIGHTS})
+    total, r, extra = train.dual_losses(net_a(image), net_b(image), label, cfg, 3, torch.Generator(), 1)
+    ramp = math.exp(-5 * (1 - 3 / 10) ** 2)  # sigmoid ramp at iteration 3 of 10
+    assert extra['lambda_con'] == pytest.approx(ramp)
+    assert extra['unsup_weight'] == pytest.approx(ramp if ramp_unsup else 1.0)
+    expect = (r['sup_a'] + r['sup_b'] + r['mc_a'] + r['mc_b'] + ramp * r['con']
+              + extra['unsup_weight'] * (r['reg'] + r['urps'] + r['cps_a'] + r['cps_b']))
+    assert torch.allclose(total, expect, rtol=1e-6)
+
+
 @pytest.mark.parametrize('filter_mode', ['global', 'classwise', 'none'])
 @pytest.mark.parametrize('cps_dice', [False, True])
 def test_cps_variants_reach_exactly_their_own_network(tiny_pair, filter_mode, cps_dice):
@@ -224,8 +238,8 @@ def test_dual_losses_returns_what_its_docstring_says(tiny_pair):
     total, record, extra = result
     assert list(record) == ITERATION_COLUMNS['dual'][1:16] and record['loss'] is total
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in record.values())
-    assert list(extra) == ['winner', 'lambda_con', 'uncertain_percent'] and extra['winner'] in ('A', 'B')
-    assert all(isinstance(extra[k], (int, float)) for k in ('lambda_con', 'uncertain_percent'))
+    assert list(extra) == ITERATION_COLUMNS['dual'][16:] and extra['winner'] in ('A', 'B')
+    assert all(isinstance(extra[k], (int, float)) for k in ('lambda_con', 'unsup_weight', 'uncertain_percent'))
 
 
 def test_training_normalises_each_volume_like_test_py(phantoms):
