@@ -184,6 +184,23 @@ def mean_std(values):
     return (values.mean(), values.std()) if len(values) else (float('nan'), float('nan'))
 
 
+def versus_table(methods, seeds, results, versus, summary):
+    """Each method here against the same method and seeds in the folder `versus` (other settings)."""
+    print(f'\nPaired per-case Dice difference, these runs minus those in {versus} (same method and seeds):')
+    print('| method | difference | 95 % interval | these better |')
+    print('|---|---|---|---|')
+    for method in methods:
+        name, sub = (method[:-len(' (A)')], 'nets_a') if method.endswith(' (A)') else (method, '')
+        paths = [Path(versus) / f'{name}_seed{sd}' / sub / 'test_cases.csv' for sd in seeds]
+        missing = [str(path) for path in paths if not path.is_file()]
+        if missing:
+            raise UsageError(f'--versus: no finished run at {missing[0]}')
+        mean, (low, high), wins, n = paired_difference([results[method, sd][0] for sd in seeds],
+                                                       [read_cases(path) for path in paths])
+        print(f'| {method} | {mean:+.2f} | [{low:+.2f}, {high:+.2f}] | {wins}/{n} |')
+        summary[method]['minus_versus'] = {'mean': mean, 'ci95': [low, high], 'wins': wins, 'pairs': n}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -207,6 +224,8 @@ def main(argv=None):
     p.add_argument('--gpu', default='-1')
     p.add_argument('--cache', default=str(ROOT / 'benchmarks' / 'cache'))
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'cache' / 'la_cpu_runs'))
+    p.add_argument('--versus', default=None,
+                   help='another --out with the same methods and seeds (say, without --amp): paired differences')
     args = p.parse_args(argv)
     args.lr_step = args.lr_step or max(1, args.iterations * 5 // 12)
     methods = args.methods.split(',')
@@ -264,6 +283,8 @@ def main(argv=None):
                                                            [results[base, sd][0] for sd in seeds])
             print(f'| {method} | {base} | {mean:+.2f} | [{low:+.2f}, {high:+.2f}] | {wins}/{n} |')
             summary[method][f'minus_{base}'] = {'mean': mean, 'ci95': [low, high], 'wins': wins, 'pairs': n}
+    if args.versus:
+        versus_table(methods, seeds, results, args.versus, summary)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / 'summary.json').write_text(json.dumps({'args': vars(args), 'results': summary}, indent=2))
 

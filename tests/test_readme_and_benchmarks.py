@@ -3,10 +3,12 @@
 Long commands (full LA training, the benchmarks) are exercised here as smoke runs or --help; the quick
 start runs as written in .ci/run.
 """
+import csv
 import json
 import math
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +91,30 @@ def test_la_cpu_benchmark_runs_on_phantoms(phantoms, tmp_path):
     low, high = summary['dual']['minus_pairsup']['ci95']
     assert low <= summary['dual']['minus_pairsup']['mean'] <= high
     assert (out / 'dual_seed1337' / 'nets_a' / 'test_cases.csv').is_file()
+
+    # --versus pairs each run with its twin in another folder: there, dual's Dice is 1 point lower everywhere
+    other = tmp_path / 'other'
+    shutil.copytree(out, other)
+    for csv_path in (other / 'dual_seed1337').rglob('test_cases.csv'):
+        rows = list(csv.DictReader(open(csv_path, newline='')))
+        for r in rows:
+            r['dice'] = str(float(r['dice']) - 0.01)
+        with open(csv_path, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    cmd = [sys.executable, '-m', 'benchmarks.la_cpu', '--la_root', str(phantoms), '--standard', '--scale', '1',
+           '--patch_size', '16,16,16', '--stride_xy', '16', '--stride_z', '16', '--n_filters', '2',
+           '--iterations', '2', '--labelnum', '4', '--methods', 'pairsup,dual', '--num_workers', '0',
+           '--cache', str(tmp_path / 'cache'), '--out', str(out)]
+    done = run(cmd + ['--versus', str(other)], timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    versus = {m: r['minus_versus'] for m, r in json.loads((out / 'summary.json').read_text())['results'].items()}
+    assert versus['dual']['mean'] == pytest.approx(1.0) and versus['dual (A)']['mean'] == pytest.approx(1.0)
+    assert versus['dual']['wins'] == versus['dual']['pairs'] and versus['pairsup']['mean'] == 0
+    shutil.rmtree(other / 'pairsup_seed1337')
+    missing = run(cmd + ['--versus', str(other)], timeout=600)
+    assert missing.returncode != 0 and missing.stderr.count('\n') == 1 and 'pairsup_seed1337' in missing.stderr
 
     # a finished run is not silently reused for other settings
     again = run([sys.executable, '-m', 'benchmarks.la_cpu', '--la_root', str(phantoms), '--standard', '--scale', '1',
