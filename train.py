@@ -71,6 +71,9 @@ def build_parser():
     g.add_argument('--anneal_uncertain', action='store_true',
                    help='L_cps: the uncertain share decays linearly to 0 over the run (U2PL)')
     g.add_argument('--cps_dice', action='store_true', help='L_cps: add a soft Dice against yhat over R')
+    g.add_argument('--input_noise', type=float, default=0.0,
+                   help='each network of the pair sees its own copy of the batch plus noise of this std, '
+                        'clipped at 2 std (ours; 0: the identical input, as the paper)')
     g.add_argument('--ramp_unsup', action='store_true',
                    help="ramp L_reg, L_urps and L_cps in with L_con's sigmoid (ours; the paper: full weight at once)")
     g.add_argument('--conf_thresh', type=float, default=0.6)
@@ -225,6 +228,12 @@ def mt_losses(student_out, teacher_logits, label, cfg, it):
     return total, dict(loss=total, sup=sup, dice=dice, consistency=consistency), {'consistency_weight': weight}
 
 
+def add_noise(image, std, generator):
+    """image + clamp(std * N(0, 1), -2 std, 2 std), drawn from generator: the mean teacher's perturbation."""
+    noise = torch.randn(image.shape, generator=generator, device=image.device, dtype=image.dtype)
+    return image + noise.mul_(std).clamp_(-2 * std, 2 * std)
+
+
 @torch.no_grad()
 def update_ema(teacher, student, decay, it):
     """teacher = a * teacher + (1 - a) * student, with a warm start a = min(1 - 1/(it + 1), decay)."""
@@ -369,12 +378,14 @@ def main(argv=None):
 
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 if cfg['method'] == 'dual':
-                    loss, record, extra = dual_losses(nets['net_a'](image), nets['net_b'](image), label, cfg, it,
-                                                      generator, world_size)
+                    # two views, so that agreeing on the unlabeled volumes means more than copying each other
+                    image_a, image_b = ([add_noise(image, cfg['input_noise'], generator) for _ in 'ab']
+                                        if cfg['input_noise'] > 0 else (image, image))
+                    loss, record, extra = dual_losses(nets['net_a'](image_a), nets['net_b'](image_b), label, cfg,
+                                                      it, generator, world_size)
                 elif cfg['method'] == 'mt':
-                    noise = torch.randn(image.shape, generator=generator, device=device).mul_(0.1).clamp_(-0.2, 0.2)
                     with torch.no_grad():
-                        teacher_logits = nets['ema'](image + noise)[0]
+                        teacher_logits = nets['ema'](add_noise(image, 0.1, generator))[0]
                     loss, record, extra = mt_losses(nets['net_a'](image), teacher_logits, label, cfg, it)
                 else:
                     logits = nets['net_a'](image)[0].float()

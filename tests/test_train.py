@@ -26,7 +26,7 @@ from dataloaders import (Compose, H5Dataset, IterationBatchSampler, RandomCrop, 
 from conftest import ITERATION_COLUMNS, train_argv
 from losses import supervised_loss
 from networks import ResNet34VNet, VNet
-from utils.config import run_keys
+from utils.config import check_config, run_keys
 from utils.run_log import IterationCSV
 from utils.seeding import seed_everything
 
@@ -216,6 +216,38 @@ def test_ramp_unsup_scales_reg_urps_and_cps_only(tiny_pair, ramp_unsup):
     expect = (r['sup_a'] + r['sup_b'] + r['mc_a'] + r['mc_b'] + ramp * r['con']
               + extra['unsup_weight'] * (r['reg'] + r['urps'] + r['cps_a'] + r['cps_b']))
     assert torch.allclose(total, expect, rtol=1e-6)
+
+
+def test_add_noise_is_the_clipped_gaussian_of_the_mean_teacher():
+    x = torch.full((200_000,), 3.0)
+    y = train.add_noise(x, 0.1, torch.Generator().manual_seed(0))
+    d = y - x
+    assert d.abs().max() <= 0.2 + 1e-6 and abs(d.mean()) < 1e-3
+    # a standard normal clipped at +-2 has std 0.9594 and 4.55 % of its mass at the clips
+    assert d.std() == pytest.approx(0.09594, rel=0.01)
+    assert (d.abs() > 0.2 - 1e-6).float().mean() == pytest.approx(0.0455, abs=0.002)
+    assert torch.equal(y, train.add_noise(x, 0.1, torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize('noise', [0.0, 0.1])
+def test_input_noise_gives_each_network_its_own_view(phantoms, tmp_path, monkeypatch, noise):
+    seen = {}
+    real = train.build_networks
+
+    def recording(cfg, device):
+        nets = real(cfg, device)
+        for name in ('net_a', 'net_b'):
+            nets[name].register_forward_pre_hook(lambda m, inp, name=name: seen.setdefault(name, inp[0].clone()))
+        return nets
+    monkeypatch.setattr(train, 'build_networks', recording)
+    train.main(args(phantoms, tmp_path / 'run', '--input_noise', str(noise), max_iterations=1))
+    gap = (seen['net_a'] - seen['net_b']).abs().max()
+    assert (gap == 0) if noise == 0 else (0 < gap <= 4 * noise + 1e-6)
+
+
+def test_negative_input_noise_is_refused():
+    with pytest.raises(SystemExit, match='--input_noise -0.1 must be zero or more'):
+        check_config(train.parse_args(['--input_noise', '-0.1']))
 
 
 @pytest.mark.parametrize('filter_mode', ['global', 'classwise', 'none'])

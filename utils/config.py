@@ -172,7 +172,7 @@ def check_config(cfg):
     if not cfg['intensity_scale'] >= 1:
         raise SystemExit(f'error: --intensity_scale {cfg["intensity_scale"]} must be at least 1 (1: off)')
     for name in ('num_workers', 'rampup', 'val_every', 'image_every', 'base_lr', 'alpha_mc', 'lambda_reg',
-                 'lambda_urps', 'lambda_cps', 'lambda_con', 'consistency', 'contrast_tau'):
+                 'lambda_urps', 'lambda_cps', 'lambda_con', 'consistency', 'contrast_tau', 'input_noise'):
         if not cfg[name] >= 0:  # also refuses NaN
             raise SystemExit(f'error: --{name} {cfg[name]} must be zero or more')
     for name, low, high in (('uncertain_percent', 0, 100), ('conf_thresh', 0, 1), ('ema_decay', 0, 1)):
