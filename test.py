@@ -27,7 +27,7 @@ from dataloaders import NORMALIZE_MODES, H5Dataset, NormalizeIntensity, normaliz
 from dataloaders.pictures import optional_import, save_case_png
 from utils.checkpoint import CheckpointError, load_checkpoint, load_weights
 from utils.cli import OneLineParser, UsageError, run_cli
-from utils.config import PRESETS, add_common_args, build_net, resolve, select_device
+from utils.config import PRESETS, add_common_args, build_net, resolve, select_device, use_channels_last
 from utils.inference import gaussian_weight, keep_largest_components, overlap_strides, test_all_case, test_single_case
 from utils.metrics import METRICS, calculate_metric_percase, summarize
 from utils.volume_io import (PredictionWriter, UniqueNames, input_files, label_dtype, label_map_suffix,
@@ -89,7 +89,6 @@ def build_parser():
     g.add_argument('--gaussian', action='store_true', help='weight each window by a Gaussian importance map')
     g.add_argument('--batch_windows', type=positive_int, default=1,
                    help='windows per forward pass (default 1; measure others with benchmarks/inference_speed.py)')
-    g.add_argument('--channels_last', action='store_true', help='channels_last_3d networks and windows (faster on CPU)')
     g.add_argument('--amp', action='store_true', help='autocast forward passes: float16 on CUDA, bfloat16 on the CPU')
     g = p.add_argument_group('metrics')
     g.add_argument('--lcc', action='store_true', help='keep the largest connected component of each class')
@@ -395,6 +394,7 @@ def main(argv=None):
     if published and cfg['checkpoint']:
         raise UsageError('pass either --checkpoint (a train.py checkpoint) or --vnet_ckpt/--resnet_ckpt, not both')
     device = select_device(cfg['gpu'])
+    cfg['channels_last'] = use_channels_last(cfg['channels_last'], device)
 
     nets, info = load_published(cfg) if published else load_project(cfg, explicit, notes)
     for net in nets.values():

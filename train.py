@@ -30,7 +30,7 @@ from losses import (FILTER_MODES, confident_disagreement, cosine_consistency_los
 from utils.checkpoint import save_checkpoint
 from utils.cli import OneLineParser, run_cli
 from utils.config import (PRESETS, RUN_CONTROL, add_common_args, amp_dtype, build_net, check_config, check_split,
-                          env_rank, init_distributed, resolve, run_keys, select_device)
+                          env_rank, init_distributed, resolve, run_keys, select_device, use_channels_last)
 from utils.inference import test_single_case
 from utils.metrics import calculate_metric_percase
 from utils.ramps import sigmoid_rampup
@@ -92,8 +92,6 @@ def build_parser():
     g.add_argument('--val_every', type=int, default=0, help='validation period in iterations (0: off)')
     g.add_argument('--amp', action='store_true',
                    help='mixed precision: float16 autocast and a gradient scaler on CUDA, bfloat16 autocast on the CPU')
-    g.add_argument('--channels_last', action='store_true',
-                   help='channels_last_3d memory format for networks and inputs (faster 3D convolutions on CPU)')
     g.add_argument('--sync_bn', action='store_true', help='SyncBatchNorm under torchrun (default: per-GPU BN)')
     g.add_argument('--tensorboard', action='store_true',
                    help='also write every iterations.csv value to <run>/tensorboard/ (needs tensorboard)')
@@ -302,6 +300,7 @@ def main(argv=None):
     check_config(cfg)
     rank, world_size, local_rank = env_rank()
     device = select_device(cfg['gpu'], local_rank)
+    cfg['channels_last'] = use_channels_last(cfg['channels_last'], device)
     if world_size > 1:
         init_distributed(device)
     is_main = rank == 0

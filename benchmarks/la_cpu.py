@@ -127,7 +127,8 @@ def train_and_test(method, seed, cache, args):
               '--labelnum', str(args.labelnum), '--seed', str(seed), '--snapshot_path', str(run_dir)]
     settings = {'max_iterations': args.iterations, 'n_filters': args.n_filters, 'labelnum': args.labelnum,
                 'lr_step': args.lr_step, 'root_path': str(cache), 'amp': args.amp}
-    fast = ['--channels_last'] * args.channels_last + ['--amp'] * args.amp  # train.py's and test.py's flags
+    # train.py's and test.py's flags
+    fast = ([] if args.channels_last is None else ['--channels_last', str(args.channels_last)]) + ['--amp'] * args.amp
     flags = METHODS[method]
     settings.update(flag_settings(flags))
     if (run_dir / 'config.json').is_file():  # a finished run is reused only if it used these settings
@@ -220,7 +221,8 @@ def main(argv=None):
     p.add_argument('--num_workers', type=int, default=1)
     p.add_argument('--jobs', type=int, default=1, help='runs trained at the same time')
     p.add_argument('--threads', type=int, default=None, help='torch threads per run (default: cores / jobs)')
-    p.add_argument('--channels_last', action='store_true', help="train.py's and test.py's --channels_last")
+    p.add_argument('--channels_last', type=int, choices=[0, 1], nargs='?', const=1, default=None,
+                   help="train.py's and test.py's --channels_last (default: theirs)")
     p.add_argument('--amp', action='store_true', help="train.py's and test.py's --amp (bfloat16 on the CPU)")
     p.add_argument('--gpu', default='-1')
     p.add_argument('--cache', default=str(ROOT / 'benchmarks' / 'cache'))

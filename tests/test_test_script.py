@@ -175,13 +175,17 @@ def test_end_to_end_after_train(trained_run, phantoms):
 def test_channels_last_and_amp_evaluate_like_float32(trained_run, phantoms, tmp_path, capsys):
     flags = ['--dataset', 'h5', '--root_path', str(phantoms), '--checkpoint', str(trained_run / 'final.pth'),
              '--gpu', '-1', '--no_progress']
-    assert cli(flags + ['--out_dir', str(tmp_path / 'f32')]) == 0
+    assert cli(flags + ['--out_dir', str(tmp_path / 'f32'), '--channels_last', '0']) == 0
     assert cli(flags + ['--out_dir', str(tmp_path / 'fast'), '--channels_last', '--amp']) == 0, \
         capsys.readouterr().err
-    f32, fast = (json.loads((tmp_path / d / 'test_summary.json').read_text()) for d in ('f32', 'fast'))
+    assert cli(flags + ['--out_dir', str(tmp_path / 'default')]) == 0
+    f32, fast, default = (json.loads((tmp_path / d / 'test_summary.json').read_text())
+                          for d in ('f32', 'fast', 'default'))
     assert (fast['settings']['channels_last'], fast['settings']['amp']) == (True, True)
     assert (f32['settings']['channels_last'], f32['settings']['amp']) == (False, False)
+    assert (default['settings']['channels_last'], default['settings']['amp']) == (True, False)  # on the CPU
     assert fast['metrics']['dice']['mean'] == pytest.approx(f32['metrics']['dice']['mean'], abs=0.02)
+    assert default['metrics']['dice']['mean'] == pytest.approx(f32['metrics']['dice']['mean'], abs=1e-6)
 
 
 def calibrated(net, image):

@@ -106,6 +106,7 @@ def test_every_method_writes_a_complete_run(phantoms, reference, tmp_path, metho
     saved = json.loads((run / 'config.json').read_text())
     assert isinstance(ckpt['config'], dict) and json.loads(json.dumps(ckpt['config'])) == saved
     assert saved['method'] == method and saved['labelnum'] == labelnum
+    assert saved['channels_last'] is True  # the CPU's default
 
     rows = read_csv(run / 'iterations.csv')
     assert list(rows[0]) == ['iteration'] + TERMS[method]
@@ -363,9 +364,9 @@ def test_resume_is_bit_exact_with_any_num_workers(phantoms, reference, tmp_path,
     assert read_csv(resumed / 'iterations.csv') == read_csv(reference / 'iterations.csv')
 
 
-@pytest.mark.parametrize('flags', [['--channels_last'], ['--amp'], ['--amp', '--channels_last']],
-                         ids=['channels_last', 'amp', 'both'])
-def test_resume_is_bit_exact_with_channels_last_and_cpu_amp(phantoms, reference, tmp_path, flags):
+@pytest.mark.parametrize('flags', [['--channels_last', '0'], ['--amp'], ['--amp', '--channels_last', '0']],
+                         ids=['contiguous', 'amp', 'amp-contiguous'])
+def test_resume_is_bit_exact_in_contiguous_format_and_with_cpu_amp(phantoms, reference, tmp_path, flags):
     full, resumed = tmp_path / 'full', tmp_path / 'resumed'
     train.main(args(phantoms, full, *flags, max_iterations=8, save_every=4))
     if '--amp' in flags:  # on the CPU --amp trains in bfloat16: not the float32 weights
