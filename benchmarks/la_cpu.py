@@ -47,6 +47,7 @@ METHODS = {
     'dual-dice': ['--method', 'dual', '--filter', 'classwise', '--cps_dice'],
     'dual-ramp': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup'],
     'dual-ramp-noise': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '--input_noise', '0.1'],
+    'dual-ramp-global': ['--method', 'dual', '--filter', 'global', '--ramp_unsup'],
     # what the released code trains in effect: its L_cps and L_con carry no gradient
     'dual-released': ['--method', 'dual', '--lambda_cps', '0', '--lambda_con', '0'],
     # the stored intensities, without per-volume normalisation
