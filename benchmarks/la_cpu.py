@@ -218,6 +218,8 @@ def main(argv=None):
     p.add_argument('--lr_step', type=int, default=None, help='default: 5/12 of --iterations, as 2500 of 6000')
     p.add_argument('--labelnum', type=int, default=8)
     p.add_argument('--methods', default='sup,pairsup,mt,dual', help=f'comma list of {sorted(METHODS)}')
+    p.add_argument('--baselines', default='sup,pairsup,mt',
+                   help='methods every dual variant is paired against (when among --methods)')
     p.add_argument('--seeds', default='1337', help='comma list; mean ± std over seeds is reported')
     p.add_argument('--num_workers', type=int, default=1)
     p.add_argument('--jobs', type=int, default=1, help='runs trained at the same time')
@@ -274,8 +276,9 @@ def main(argv=None):
 
     # every dual variant against every baseline (network A alone: against the V-Net trained alone), and
     # every method against its run on the stored intensities
+    baselines = args.baselines.split(',')
     pairs = [(m, b) for m in methods if m.startswith('dual') and not m.endswith('-raw')
-             for b in ('sup', 'pairsup', 'mt') if b in methods and (b == 'sup' or not m.endswith('(A)'))]
+             for b in baselines if b in methods and b != m and (b == 'sup' or not m.endswith('(A)'))]
     pairs += [(m[:-len('-raw')], m) for m in methods if m.endswith('-raw') and m[:-len('-raw')] in methods]
     if pairs:
         print('\nPaired per-case Dice difference, first minus second (points; case-seed pairs pooled; '

@@ -107,9 +107,11 @@ def test_la_cpu_benchmark_runs_on_phantoms(phantoms, tmp_path):
            '--patch_size', '16,16,16', '--stride_xy', '16', '--stride_z', '16', '--n_filters', '2',
            '--iterations', '2', '--labelnum', '4', '--methods', 'pairsup,dual', '--num_workers', '0',
            '--cache', str(tmp_path / 'cache'), '--out', str(out)]
-    done = run(cmd + ['--versus', str(other)], timeout=600)
+    done = run(cmd + ['--versus', str(other), '--baselines', 'mt'], timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    versus = {m: r['minus_versus'] for m, r in json.loads((out / 'summary.json').read_text())['results'].items()}
+    results = json.loads((out / 'summary.json').read_text())['results']
+    assert 'minus_pairsup' not in results['dual']  # pairsup is not among --baselines this time
+    versus = {m: r['minus_versus'] for m, r in results.items()}
     assert versus['dual']['mean'] == pytest.approx(1.0) and versus['dual (A)']['mean'] == pytest.approx(1.0)
     assert versus['dual']['wins'] == versus['dual']['pairs'] and versus['pairsup']['mean'] == 0
     shutil.rmtree(other / 'pairsup_seed1337')
