@@ -74,8 +74,9 @@ def build_parser():
     g.add_argument('--input_noise', type=float, default=0.0,
                    help='each network of the pair sees its own copy of the batch plus noise of this std, '
                         'clipped at 2 std (ours; 0: the identical input, as the paper)')
-    g.add_argument('--ramp_unsup', action='store_true',
-                   help="ramp L_reg, L_urps and L_cps in with L_con's sigmoid (ours; the paper: full weight at once)")
+    g.add_argument('--ramp_unsup', type=int, choices=[0, 1], default=1,
+                   help="1: L_reg, L_urps and L_cps ramp in with L_con's sigmoid (ours); 0: at full weight from "
+                        "the first iteration (the paper)")
     g.add_argument('--conf_thresh', type=float, default=0.6)
     g.add_argument('--contrast_tau', type=float, default=0.1)
     g.add_argument('--contrast_samples', type=int, default=2048)
@@ -143,7 +144,7 @@ def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
               (R's share of unlabeled voxels), pseudo_fg (yhat's foreground share) and reliable_fg
               (foreground share within R), 0 when no pseudo-labels are made;
       extra   {'winner': 'A' or 'B', 'lambda_con': the ramped contrastive weight, 'unsup_weight': the factor
-              on L_reg, L_urps and L_cps (1 unless --ramp_unsup), 'uncertain_percent': the uncertain share
+              on L_reg, L_urps and L_cps (1 with --ramp_unsup 0), 'uncertain_percent': the uncertain share
               (percent) L_cps used}, the last three as Python numbers.
     train.py logs record and extra, under these names, as iterations.csv columns."""
     lb = cfg['labeled_bs']
@@ -199,7 +200,7 @@ def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
         con = prototype_contrastive_loss(loser_feat[lb:], loser_prob[lb:], pseudo, reliable,
                                          cfg['contrast_tau'], cfg['contrast_samples'], generator)
 
-    # 8. the total; --ramp_unsup holds back the terms that learn from the networks' own early guesses, which
+    # 8. the total; --ramp_unsup 1 holds back the terms that learn from the networks' own early guesses, which
     # at full weight from iteration 0 can agree on background everywhere and never leave it
     unsup = ramp if cfg['ramp_unsup'] else 1.0
     total = (sup_a + sup_b + cfg['alpha_mc'] * (mc_a + mc_b) + unsup * cfg['lambda_cps'] * (cps_a + cps_b)

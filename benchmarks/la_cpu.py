@@ -7,7 +7,8 @@ Resamples every volume (image linear, label nearest neighbour; cached), trains s
 every unsupervised weight 0), mt and dual with the same labeled volumes and iteration budget through
 train.py, evaluates each final checkpoint through test.py (dual runs also with network A alone), and
 prints one table plus, for every dual variant against every baseline, the paired per-case Dice difference
-pooled over case-seed pairs with a 95 % bootstrap interval (cases resampled) and the win count.
+pooled over case-seed pairs with 95 % bootstrap intervals (cases resampled; seeds and cases resampled) and
+the win count.
 Development split (the default): first --labelnum ids of train.list labeled, the rest of the first 60
 unlabeled, ids 61-80 as the test set. Finished runs are reused, so a stopped study resumes where it was;
 --jobs 2 trains two runs at a time with one thread each.
@@ -39,22 +40,23 @@ METHODS = {
                 '--lambda_cps', '0', '--lambda_con', '0'],
     'mt': ['--method', 'mt'],
     'dual': ['--method', 'dual'],  # train.py's defaults
-    # The L_cps filter (global is the paper's; classwise and none are ours)
-    'dual-global': ['--method', 'dual', '--filter', 'global'],
-    'dual-classwise': ['--method', 'dual', '--filter', 'classwise'],
-    'dual-none': ['--method', 'dual', '--filter', 'none'],
-    'dual-anneal': ['--method', 'dual', '--filter', 'classwise', '--anneal_uncertain'],
-    'dual-dice': ['--method', 'dual', '--filter', 'classwise', '--cps_dice'],
-    'dual-ramp': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup'],
-    'dual-ramp-noise': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '--input_noise', '0.1'],
-    'dual-ramp-global': ['--method', 'dual', '--filter', 'global', '--ramp_unsup'],
+    # L_reg, L_urps and L_cps ramped in (ours, the default) or at full weight from iteration 0 (the paper's)
+    'dual-ramp': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '1'],
+    'dual-ramp-global': ['--method', 'dual', '--filter', 'global', '--ramp_unsup', '1'],
+    'dual-ramp-noise': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '1', '--input_noise', '0.1'],
+    # The L_cps filter (global is the paper's; classwise and none are ours), without the ramp
+    'dual-global': ['--method', 'dual', '--filter', 'global', '--ramp_unsup', '0'],
+    'dual-classwise': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '0'],
+    'dual-none': ['--method', 'dual', '--filter', 'none', '--ramp_unsup', '0'],
+    'dual-anneal': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '0', '--anneal_uncertain'],
+    'dual-dice': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '0', '--cps_dice'],
     # what the released code trains in effect: its L_cps and L_con carry no gradient
-    'dual-released': ['--method', 'dual', '--lambda_cps', '0', '--lambda_con', '0'],
+    'dual-released': ['--method', 'dual', '--ramp_unsup', '0', '--lambda_cps', '0', '--lambda_con', '0'],
     # the stored intensities, without per-volume normalisation
     'sup-raw': ['--method', 'sup', '--normalize', 'none'],
     'mt-raw': ['--method', 'mt', '--normalize', 'none'],
     'dual-raw': ['--method', 'dual', '--normalize', 'none'],
-    # Leave-one-out ablations: which unsupervised term helps or hurts.
+    # Leave-one-out ablations of train.py's defaults: which unsupervised term helps or hurts.
     'dual-no-mc': ['--method', 'dual', '--alpha_mc', '0'],
     'dual-no-reg': ['--method', 'dual', '--lambda_reg', '0'],
     'dual-no-urps': ['--method', 'dual', '--lambda_urps', '0'],
@@ -134,7 +136,8 @@ def train_and_test(method, seed, cache, args):
     settings.update(flag_settings(flags))
     if (run_dir / 'config.json').is_file():  # a finished run is reused only if it used these settings
         saved = json.loads((run_dir / 'config.json').read_text())
-        stale = {k: saved.get(k) for k, v in settings.items() if not same(saved.get(k), v)}
+        # a flag newer than the run (absent from its config) counts as off, which is what the run trained with
+        stale = {k: saved.get(k) for k, v in settings.items() if not same(saved.get(k, False), v)}
         if stale:
             raise UsageError(f'{run_dir} was trained with {stale}, not {settings}; pass another --out')
     if not (run_dir / 'final.pth').is_file():
@@ -169,17 +172,27 @@ def read_cases(path):
 def paired_difference(runs_x, runs_y, n_boot=10000, seed=0):
     """Paired Dice difference x - y in points, pooled over case-seed pairs.
 
-    runs_x, runs_y: one {case: metrics} per seed, same cases. Returns (mean, (low, high), wins, pairs): the
-    95 % interval resamples cases with replacement (each case keeps all its seeds, since a hard case is
-    hard for every seed), wins counts pairs where x is higher.
+    runs_x, runs_y: one {case: metrics} per seed, same cases. Returns {'mean', 'ci95', 'ci95_seeds', 'wins',
+    'pairs'}: ci95 resamples cases with replacement (each case keeps all its seeds, since a hard case is hard
+    for every seed); ci95_seeds resamples the seeds too, so it also holds the run-to-run spread that a few
+    seeds cannot pin down (with 3 seeds it is wide, and honest); wins counts pairs where x is higher.
     """
     cases = sorted(runs_x[0])
     diff = 100 * np.array([[rx[c]['dice'] - ry[c]['dice'] for c in cases] for rx, ry in zip(runs_x, runs_y)])
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(cases), size=(n_boot, len(cases)))
-    boot = diff[:, picks].mean(axis=(0, 2))
-    low, high = np.percentile(boot, [2.5, 97.5])
-    return float(diff.mean()), (float(low), float(high)), int((diff > 0).sum()), diff.size
+    by_case = diff[:, picks].mean(axis=(0, 2))
+    seed_picks = rng.integers(0, len(runs_x), size=(n_boot, len(runs_x)))
+    by_seed_and_case = np.array([diff[seed_picks[b]][:, picks[b]].mean() for b in range(n_boot)])
+    return {'mean': float(diff.mean()), 'ci95': [float(v) for v in np.percentile(by_case, [2.5, 97.5])],
+            'ci95_seeds': [float(v) for v in np.percentile(by_seed_and_case, [2.5, 97.5])],
+            'wins': int((diff > 0).sum()), 'pairs': diff.size}
+
+
+def difference_cells(d):
+    """A table row's cells of paired_difference's result."""
+    return (f"{d['mean']:+.2f} | [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | "
+            f"[{d['ci95_seeds'][0]:+.2f}, {d['ci95_seeds'][1]:+.2f}] | {d['wins']}/{d['pairs']}")
 
 
 def mean_std(values):
@@ -190,18 +203,17 @@ def mean_std(values):
 def versus_table(methods, seeds, results, versus, summary):
     """Each method here against the same method and seeds in the folder `versus` (other settings)."""
     print(f'\nPaired per-case Dice difference, these runs minus those in {versus} (same method and seeds):')
-    print('| method | difference | 95 % interval | these better |')
-    print('|---|---|---|---|')
+    print('| method | difference | 95 % interval, cases | 95 % interval, seeds and cases | these better |')
+    print('|---|---|---|---|---|')
     for method in methods:
         name, sub = (method[:-len(' (A)')], 'nets_a') if method.endswith(' (A)') else (method, '')
         paths = [Path(versus) / f'{name}_seed{sd}' / sub / 'test_cases.csv' for sd in seeds]
         missing = [str(path) for path in paths if not path.is_file()]
         if missing:
             raise UsageError(f'--versus: no finished run at {missing[0]}')
-        mean, (low, high), wins, n = paired_difference([results[method, sd][0] for sd in seeds],
-                                                       [read_cases(path) for path in paths])
-        print(f'| {method} | {mean:+.2f} | [{low:+.2f}, {high:+.2f}] | {wins}/{n} |')
-        summary[method]['minus_versus'] = {'mean': mean, 'ci95': [low, high], 'wins': wins, 'pairs': n}
+        d = paired_difference([results[method, sd][0] for sd in seeds], [read_cases(path) for path in paths])
+        print(f'| {method} | {difference_cells(d)} |')
+        summary[method]['minus_versus'] = d
 
 
 def main(argv=None):
@@ -282,14 +294,13 @@ def main(argv=None):
     pairs += [(m[:-len('-raw')], m) for m in methods if m.endswith('-raw') and m[:-len('-raw')] in methods]
     if pairs:
         print('\nPaired per-case Dice difference, first minus second (points; case-seed pairs pooled; '
-              '95 % bootstrap interval over cases):')
-        print('| method | against | difference | 95 % interval | first better |')
-        print('|---|---|---|---|---|')
+              '95 % bootstrap intervals resampling cases, and seeds and cases):')
+        print('| method | against | difference | 95 % interval, cases | 95 % interval, seeds and cases | first better |')
+        print('|---|---|---|---|---|---|')
         for method, base in pairs:
-            mean, (low, high), wins, n = paired_difference([results[method, sd][0] for sd in seeds],
-                                                           [results[base, sd][0] for sd in seeds])
-            print(f'| {method} | {base} | {mean:+.2f} | [{low:+.2f}, {high:+.2f}] | {wins}/{n} |')
-            summary[method][f'minus_{base}'] = {'mean': mean, 'ci95': [low, high], 'wins': wins, 'pairs': n}
+            d = paired_difference([results[method, sd][0] for sd in seeds], [results[base, sd][0] for sd in seeds])
+            print(f'| {method} | {base} | {difference_cells(d)} |')
+            summary[method][f'minus_{base}'] = d
     if args.versus:
         versus_table(methods, seeds, results, args.versus, summary)
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -115,8 +115,8 @@ def test_dual_step_under_autocast_is_finite_and_trains_both_networks(dtype, chan
     image = torch.randn(4, 1, 16, 16, 16).contiguous(memory_format=fmt)
     label = (torch.rand(4, 16, 16, 16) > 0.6).long()
     cfg = dict(labeled_bs=2, conf_thresh=0.5, uncertain_percent=20, filter='global', anneal_uncertain=False,
-               cps_dice=True, max_iterations=10, contrast_tau=0.1, contrast_samples=64, rampup=10, alpha_mc=0.5,
-               lambda_reg=1.0, lambda_urps=1.0, lambda_cps=1.0, lambda_con=0.1)
+               cps_dice=True, ramp_unsup=1, max_iterations=10, contrast_tau=0.1, contrast_samples=64, rampup=10,
+               alpha_mc=0.5, lambda_reg=1.0, lambda_urps=1.0, lambda_cps=1.0, lambda_con=0.1)
     with torch.autocast('cpu', dtype=dtype):
         total, record, _ = train.dual_losses(net_a(image), net_b(image), label, cfg, 10, torch.Generator(), 1)
     for name, value in record.items():

@@ -201,3 +201,19 @@ def test_gpu_check_quick_runs_every_step_on_the_cpu(tmp_path):
 def test_gpu_check_without_a_gpu_says_so_in_one_line():
     done = run([sys.executable, '-m', 'benchmarks.gpu_check', '--gpu', '-1'])
     assert done.returncode != 0 and done.stderr.count('\n') == 1 and '--quick' in done.stderr
+
+
+def test_paired_difference_intervals_over_cases_and_over_seeds():
+    from benchmarks.la_cpu import paired_difference
+    cases = [f'c{i}' for i in range(20)]
+
+    def runs(per_seed):  # one {case: metrics} per seed, Dice = the given fraction plus a case term
+        return [{c: {'dice': d + 0.001 * i} for i, c in enumerate(cases)} for d in per_seed]
+    # every case of every seed 2 points better: both intervals are exactly +2
+    d = paired_difference(runs([0.52, 0.52, 0.52]), runs([0.50, 0.50, 0.50]))
+    assert d['mean'] == pytest.approx(2) and d['wins'] == d['pairs'] == 60
+    assert d['ci95'] == pytest.approx([2, 2]) and d['ci95_seeds'] == pytest.approx([2, 2])
+    # seeds disagree (+5, -5, 0 points on every case): resampling cases sees no spread, resampling seeds does
+    d = paired_difference(runs([0.55, 0.45, 0.50]), runs([0.50, 0.50, 0.50]))
+    assert d['mean'] == pytest.approx(0, abs=1e-9) and d['ci95'] == pytest.approx([0, 0], abs=1e-9)
+    assert d['ci95_seeds'][0] == pytest.approx(-5) and d['ci95_seeds'][1] == pytest.approx(5)

@@ -313,8 +313,9 @@ def test_terms_at_weight_zero_are_not_computed(tiny_pair, monkeypatch, off):
 
 def test_pair_sup_equals_supervised_training_of_both_networks_by_hand(phantoms, tmp_path):
     steps, labelnum = 3, 4
+    # the hand loop below reads the volumes as stored, in the contiguous memory format
     train.main(args(phantoms, tmp_path / 'run', *UNSUPERVISED_OFF, max_iterations=steps, labelnum=labelnum,
-                    normalize='none'))  # the hand loop below reads the volumes as stored
+                    normalize='none', channels_last=0))
     trained = load(tmp_path / 'run' / 'final.pth')
 
     # the same seeds, the same networks, the same keyed batches, plain SGD on each supervised loss
