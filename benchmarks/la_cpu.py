@@ -295,7 +295,8 @@ def main(argv=None):
     if pairs:
         print('\nPaired per-case Dice difference, first minus second (points; case-seed pairs pooled; '
               '95 % bootstrap intervals resampling cases, and seeds and cases):')
-        print('| method | against | difference | 95 % interval, cases | 95 % interval, seeds and cases | first better |')
+        print('| method | against | difference | 95 % interval, cases | 95 % interval, seeds and cases '
+              '| first better |')
         print('|---|---|---|---|---|---|')
         for method, base in pairs:
             d = paired_difference([results[method, sd][0] for sd in seeds], [results[base, sd][0] for sd in seeds])
