@@ -40,30 +40,37 @@ METHODS = {
                 '--lambda_cps', '0', '--lambda_con', '0'],
     'mt': ['--method', 'mt'],
     'dual': ['--method', 'dual'],  # train.py's defaults
-    # L_reg, L_urps and L_cps ramped in (ours, the default) or at full weight from iteration 0 (the paper's)
-    'dual-ramp': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '1'],
-    'dual-ramp-global': ['--method', 'dual', '--filter', 'global', '--ramp_unsup', '1'],
-    'dual-ramp-noise': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '1', '--input_noise', '0.1'],
+    # Until 2026-11-26 the defaults trained L_urps (--lambda_urps 1), so every variant of that time pins it.
+    # L_reg, L_urps and L_cps ramped in (ours) or at full weight from iteration 0 (the paper's)
+    'dual-ramp': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '1', '--lambda_urps', '1'],
+    'dual-ramp-global': ['--method', 'dual', '--filter', 'global', '--ramp_unsup', '1', '--lambda_urps', '1'],
+    'dual-ramp-noise': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '1', '--lambda_urps', '1',
+                        '--input_noise', '0.1'],
     # The L_cps filter (global is the paper's; classwise and none are ours), without the ramp
-    'dual-global': ['--method', 'dual', '--filter', 'global', '--ramp_unsup', '0'],
-    'dual-classwise': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '0'],
-    'dual-none': ['--method', 'dual', '--filter', 'none', '--ramp_unsup', '0'],
-    'dual-anneal': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '0', '--anneal_uncertain'],
-    'dual-dice': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '0', '--cps_dice'],
+    'dual-global': ['--method', 'dual', '--filter', 'global', '--ramp_unsup', '0', '--lambda_urps', '1'],
+    'dual-classwise': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '0', '--lambda_urps', '1'],
+    'dual-none': ['--method', 'dual', '--filter', 'none', '--ramp_unsup', '0', '--lambda_urps', '1'],
+    'dual-anneal': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '0', '--lambda_urps', '1',
+                    '--anneal_uncertain'],
+    'dual-dice': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '0', '--lambda_urps', '1',
+                  '--cps_dice'],
     # what the released code trains in effect: its L_cps and L_con carry no gradient
-    'dual-released': ['--method', 'dual', '--ramp_unsup', '0', '--lambda_cps', '0', '--lambda_con', '0'],
+    'dual-released': ['--method', 'dual', '--ramp_unsup', '0', '--lambda_urps', '1', '--lambda_cps', '0',
+                      '--lambda_con', '0'],
     # the stored intensities, without per-volume normalisation
     'sup-raw': ['--method', 'sup', '--normalize', 'none'],
     'mt-raw': ['--method', 'mt', '--normalize', 'none'],
-    'dual-raw': ['--method', 'dual', '--normalize', 'none'],
-    # Leave-one-out ablations of train.py's defaults: which unsupervised term helps or hurts.
-    'dual-no-mc': ['--method', 'dual', '--alpha_mc', '0'],
-    'dual-no-reg': ['--method', 'dual', '--lambda_reg', '0'],
+    'dual-raw': ['--method', 'dual', '--normalize', 'none', '--lambda_urps', '1'],
+    # Leave-one-out ablations of dual-ramp: which unsupervised term helps or hurts.
+    'dual-no-mc': ['--method', 'dual', '--lambda_urps', '1', '--alpha_mc', '0'],
+    'dual-no-reg': ['--method', 'dual', '--lambda_urps', '1', '--lambda_reg', '0'],
     'dual-no-urps': ['--method', 'dual', '--lambda_urps', '0'],
-    'dual-no-cps': ['--method', 'dual', '--lambda_cps', '0'],
-    'dual-no-con': ['--method', 'dual', '--lambda_con', '0'],
+    'dual-no-cps': ['--method', 'dual', '--lambda_urps', '1', '--lambda_cps', '0'],
+    'dual-no-con': ['--method', 'dual', '--lambda_urps', '1', '--lambda_con', '0'],
+    # L_urps at a third of the paper's weight: is it the term or its weight at this budget?
+    'dual-urps-0.3': ['--method', 'dual', '--lambda_urps', '0.3'],
     # L_cps without its entropy filter: R = every voxel (tests whether the filter biases yhat's classes)
-    'dual-no-filter': ['--method', 'dual', '--uncertain_percent', '0'],
+    'dual-no-filter': ['--method', 'dual', '--lambda_urps', '1', '--uncertain_percent', '0'],
 }
 
 
