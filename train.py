@@ -61,7 +61,8 @@ def build_parser():
     g = weights
     g.add_argument('--alpha_mc', type=float, default=0.5, help='mutual correction on labeled data')
     g.add_argument('--lambda_reg', type=float, default=1.0, help='cosine consistency')
-    g.add_argument('--lambda_urps', type=float, default=1.0, help='uncertainty-rectified pseudo supervision')
+    g.add_argument('--lambda_urps', type=float, default=0.0,
+                   help='uncertainty-rectified pseudo supervision (the paper: 1; off by default, see the README)')
     g.add_argument('--lambda_cps', type=float, default=1.0, help='entropy-filtered cross pseudo-labels')
     g.add_argument('--lambda_con', type=float, default=0.1, help='prototype contrastive (ramped)')
     g.add_argument('--uncertain_percent', type=float, default=20.0, help='L_cps: share of uncertain voxels')
