@@ -190,7 +190,8 @@ def paired_difference(runs_x, runs_y, n_boot=10000, seed=0):
     picks = rng.integers(0, len(cases), size=(n_boot, len(cases)))
     by_case = diff[:, picks].mean(axis=(0, 2))
     seed_picks = rng.integers(0, len(runs_x), size=(n_boot, len(runs_x)))
-    by_seed_and_case = np.array([diff[seed_picks[b]][:, picks[b]].mean() for b in range(n_boot)])
+    # draw b: seeds seed_picks[b], each with cases picks[b]
+    by_seed_and_case = diff[seed_picks[:, :, None], picks[:, None, :]].mean(axis=(1, 2))
     return {'mean': float(diff.mean()), 'ci95': [float(v) for v in np.percentile(by_case, [2.5, 97.5])],
             'ci95_seeds': [float(v) for v in np.percentile(by_seed_and_case, [2.5, 97.5])],
             'wins': int((diff > 0).sum()), 'pairs': diff.size}
