@@ -80,6 +80,11 @@ METHODS = {
 }
 
 
+def method_flags(method, lr_step):
+    """train.py flags of a METHODS entry, with {lr_step} filled in."""
+    return [f.format(lr_step=lr_step) for f in METHODS[method]]
+
+
 def build_cache(args):
     """Resampled copies of the volumes in the LA layout, with train.list / test.list of the split."""
     la = Path(args.la_root)
@@ -145,7 +150,7 @@ def train_and_test(method, seed, cache, args):
                 'lr_step': args.lr_step, 'root_path': str(cache), 'amp': args.amp}
     # train.py's and test.py's flags
     fast = ([] if args.channels_last is None else ['--channels_last', str(args.channels_last)]) + ['--amp'] * args.amp
-    flags = [f.format(lr_step=args.lr_step) for f in METHODS[method]]
+    flags = method_flags(method, args.lr_step)
     settings.update(flag_settings(flags))
     if (run_dir / 'config.json').is_file():  # a finished run is reused only if it used these settings
         saved = json.loads((run_dir / 'config.json').read_text())

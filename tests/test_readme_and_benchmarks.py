@@ -203,6 +203,16 @@ def test_gpu_check_without_a_gpu_says_so_in_one_line():
     assert done.returncode != 0 and done.stderr.count('\n') == 1 and '--quick' in done.stderr
 
 
+def test_la_cpu_methods_are_train_py_flags():
+    """Every benchmark variant is a valid train.py command line; {lr_step} becomes the study's lr step."""
+    from benchmarks.la_cpu import METHODS, method_flags
+    from train import build_parser
+    for method in METHODS:
+        build_parser().parse_args(method_flags(method, 166))
+    flags = method_flags('dual-short-ramp', 166)
+    assert flags[flags.index('--rampup') + 1] == '166'
+
+
 def test_paired_difference_intervals_over_cases_and_over_seeds():
     from benchmarks.la_cpu import paired_difference
     cases = [f'c{i}' for i in range(20)]
