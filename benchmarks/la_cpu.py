@@ -75,7 +75,6 @@ METHODS = {
     # step: ramped over the first lr step instead ({lr_step} is filled in per study), and the defaults
     # without L_reg, which the leave-one-out above did not show to help.
     'dual-short-ramp': ['--method', 'dual', '--rampup', '{lr_step}'],
-    'mt-short-ramp': ['--method', 'mt', '--rampup', '{lr_step}'],
     'dual-no-urps-reg': ['--method', 'dual', '--lambda_reg', '0'],
 }
 
@@ -305,10 +304,10 @@ def main(argv=None):
         summary[method]['train_minutes'] = minutes
         print(f'| {method} | ' + ' | '.join(cells) + f' | {minutes:.1f} |')
 
-    # every dual (and mt-*) variant against every baseline (network A alone: against the V-Net trained alone), and
+    # every dual variant against every baseline (network A alone: against the V-Net trained alone), and
     # every method against its run on the stored intensities
     baselines = args.baselines.split(',')
-    pairs = [(m, b) for m in methods if m.startswith(('dual', 'mt-')) and not m.endswith('-raw')
+    pairs = [(m, b) for m in methods if m.startswith('dual') and not m.endswith('-raw')
              for b in baselines if b in methods and b != m and (b == 'sup' or not m.endswith('(A)'))]
     pairs += [(m[:-len('-raw')], m) for m in methods if m.endswith('-raw') and m[:-len('-raw')] in methods]
     if pairs:
