@@ -4,7 +4,7 @@
     python test.py --checkpoint model/la/dual_dual_8labels/final.pth --nets a
     python test.py --vnet_ckpt vnet.pth --resnet_ckpt resnet.pth    # state dicts saved by the published code
     python test.py --labelnum 8 --overlap 0.5 --gaussian            # far fewer windows, nearly the same masks
-    python test.py --labelnum 8 --input scans/ --zscore             # label maps for new volumes, no metrics
+    python test.py --labelnum 8 --input scans/                      # label maps for new volumes, no metrics
 
 Writes into the run folder (or --out_dir): test_cases.csv (one row per case), test_summary.json (mean and
 std of each metric, empty cases, settings, checkpoint, wall time) and, with --save_pred, predictions/; prints
@@ -76,8 +76,6 @@ def build_parser():
     g.add_argument('--input', default=None,
                    help='segment a volume or a folder of volumes (.h5 with "image", .npy, .nii/.nii.gz) '
                         'and write label maps; no metrics')
-    g.add_argument('--zscore', action='store_true',
-                   help='--input: normalise each volume to mean 0, std 1 as the LA preprocessing did')
     g.add_argument('--normalize', choices=NORMALIZE_MODES, default=None,
                    help="intensity normalisation of every volume read (default: the checkpoint's; published "
                         "state dicts: none)")
@@ -360,10 +358,10 @@ def segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib)
         image, affine = read_volume(path)
         mean, std = float(image.mean()), float(image.std())
         # the normalisation the networks were trained with, exactly as training applied it
-        image = normalize_intensity(image, 'zscore' if cfg['zscore'] else cfg['normalize'])
-        if not cfg['zscore'] and cfg['normalize'] == 'none' and (abs(mean) > 1.0 or not 0.2 < std < 5.0):
+        image = normalize_intensity(image, cfg['normalize'])
+        if cfg['normalize'] == 'none' and (abs(mean) > 1.0 or not 0.2 < std < 5.0):
             tqdm.write(f'note: {path.name}: mean {mean:.3g}, std {std:.3g}, but the networks were trained on '
-                       f'z-scored volumes; pass --zscore if it is not normalised', file=sys.stderr)
+                       f'z-scored volumes; pass --normalize zscore if it is not normalised', file=sys.stderr)
         pred, _ = test_single_case(list(nets.values()), image, stride_xy, stride_z, cfg['patch_size'],
                                    cfg['num_classes'], device=device, batch_size=cfg['batch_windows'],
                                    weight=weight, channels_last=cfg['channels_last'], amp=cfg['amp'])

@@ -22,12 +22,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from dataloaders import (NORMALIZE_MODES, Compose, H5Dataset, IterationBatchSampler, LabeledBatchSampler,
-                         NormalizeIntensity, RandomCrop, RandomRotFlip, RandomScaleIntensity, ToTensor,
-                         TwoStreamBatchSampler)
-from losses import (FILTER_MODES, confident_disagreement, cosine_consistency_loss, cps_dice_loss, cps_loss,
-                    cross_pseudo_label, mutual_correction_loss, prototype_contrastive_loss, softmax_mse_loss,
+                         NormalizeIntensity, RandomCrop, RandomRotFlip, ToTensor, TwoStreamBatchSampler)
+from losses import (FILTER_MODES, confident_disagreement, cosine_consistency_loss, cps_loss, cross_pseudo_label, mutual_correction_loss, prototype_contrastive_loss, softmax_mse_loss,
                     supervised_loss, urps_loss)
 from utils.checkpoint import save_checkpoint
+from utils.collapse import CollapseWatch
 from utils.cli import OneLineParser, run_cli
 from utils.config import (PRESETS, RUN_CONTROL, add_common_args, amp_dtype, build_net, check_config, check_split,
                           env_rank, init_distributed, resolve, run_keys, select_device, use_channels_last)
@@ -54,30 +53,22 @@ def build_parser():
     g.add_argument('--lr_step', type=int, default=None, help='lr x0.1 every this many iterations (2500)')
     g.add_argument('--rotflip', action='store_true', help="add the lineage's RandomRotFlip augmentation")
     g.add_argument('--normalize', choices=NORMALIZE_MODES, default='zscore',
-                   help='per-volume intensity normalisation at load, also applied by test.py (none: as stored)')
-    g.add_argument('--intensity_scale', type=float, default=1.0,
-                   help='augmentation: multiply each sample by s, log-uniform in [1/x, x] (1: off)')
+                   help='per-volume intensity normalisation at load, also applied by test.py; a data step of ours '
+                        "applied to every method alike (none: the stored values, as the lineage)")
     g.add_argument('--rampup', type=int, default=None, help='ramp-up length in iterations (T)')
     g = weights
     g.add_argument('--alpha_mc', type=float, default=0.5, help='mutual correction on labeled data')
     g.add_argument('--lambda_reg', type=float, default=1.0, help='cosine consistency')
-    g.add_argument('--lambda_urps', type=float, default=0.0,
-                   help='uncertainty-rectified pseudo supervision (the paper: 1; off by default, see the README)')
+    g.add_argument('--lambda_urps', type=float, default=1.0, help='uncertainty-rectified pseudo supervision')
     g.add_argument('--lambda_cps', type=float, default=1.0, help='entropy-filtered cross pseudo-labels')
     g.add_argument('--lambda_con', type=float, default=0.1, help='prototype contrastive (ramped)')
     g.add_argument('--uncertain_percent', type=float, default=20.0, help='L_cps: share of uncertain voxels')
-    g.add_argument('--filter', choices=FILTER_MODES, default='classwise',
-                   help='L_cps entropy filter: percentile over the batch (global, the paper\'s), per predicted '
-                        'class (classwise), or none')
-    g.add_argument('--anneal_uncertain', action='store_true',
-                   help='L_cps: the uncertain share decays linearly to 0 over the run (U2PL)')
-    g.add_argument('--cps_dice', action='store_true', help='L_cps: add a soft Dice against yhat over R')
-    g.add_argument('--input_noise', type=float, default=0.0,
-                   help='each network of the pair sees its own copy of the batch plus noise of this std, '
-                        'clipped at 2 std (ours; 0: the identical input, as the paper)')
-    g.add_argument('--ramp_unsup', type=int, choices=[0, 1], default=1,
-                   help="1: L_reg, L_urps and L_cps ramp in with L_con's sigmoid (ours); 0: at full weight from "
-                        "the first iteration (the paper)")
+    g.add_argument('--filter', choices=FILTER_MODES, default='global',
+                   help="L_cps entropy filter: the percentile over the unlabeled batch (global, the paper's); "
+                        'per predicted class (classwise, ours) or no filter (none, ours)')
+    g.add_argument('--ramp_unsup', type=int, choices=[0, 1], default=0,
+                   help="0: L_reg, L_urps and L_cps at full weight from the first iteration (the paper's); "
+                        "1: they ramp in with L_con's sigmoid (ours; keeps a run from collapsing to background)")
     g.add_argument('--conf_thresh', type=float, default=0.6)
     g.add_argument('--contrast_tau', type=float, default=0.1)
     g.add_argument('--contrast_samples', type=int, default=2048)
@@ -117,9 +108,8 @@ def build_dataset(cfg, split='train', list_file=None, transform=None):
 
 def train_transform(cfg):
     """Whole-volume normalisation (test.py applies the same to every volume it reads), augmentation, crop."""
-    scale = [RandomScaleIntensity(cfg['intensity_scale'])] if cfg['intensity_scale'] > 1 else []
     rotflip = [RandomRotFlip()] if cfg['rotflip'] else []
-    return Compose([NormalizeIntensity(cfg['normalize'])] + scale + rotflip
+    return Compose([NormalizeIntensity(cfg['normalize'])] + rotflip
                    + [RandomCrop(cfg['patch_size']), ToTensor()])
 
 
@@ -141,12 +131,12 @@ def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
     Returns three values, (total, record, extra):
       total   the 0-d loss tensor to back-propagate (term 8);
       record  {name: 0-d tensor}: 'loss' (= total), sup_a, sup_b, dice_a, dice_b, mc_a, mc_b, reg, urps, cps_a,
-              cps_b, con (a term switched off by a zero weight is 0), and the pseudo-label shares reliable
-              (R's share of unlabeled voxels), pseudo_fg (yhat's foreground share) and reliable_fg
-              (foreground share within R), 0 when no pseudo-labels are made;
+              cps_b, con (a term switched off by a zero weight is 0), the labeled volumes' foreground share
+              label_fg, and the pseudo-label shares reliable (R's share of unlabeled voxels), pseudo_fg
+              (yhat's foreground share) and reliable_fg (foreground share within R), 0 when no pseudo-labels
+              are made;
       extra   {'winner': 'A' or 'B', 'lambda_con': the ramped contrastive weight, 'unsup_weight': the factor
-              on L_reg, L_urps and L_cps (1 with --ramp_unsup 0), 'uncertain_percent': the uncertain share
-              (percent) L_cps used}, the last three as Python numbers.
+              on L_reg, L_urps and L_cps (1 with --ramp_unsup 0)}, the last two as Python numbers.
     train.py logs record and extra, under these names, as iterations.csv columns."""
     lb = cfg['labeled_bs']
     (logits_a, feat_a), (logits_b, feat_b) = out_a, out_b
@@ -181,16 +171,12 @@ def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
 
     # 6. entropy-filtered cross pseudo-labels on the unlabeled part (term 7 uses them too)
     pseudo = reliable = None
-    uncertain = cfg['uncertain_percent'] * (1 - it / cfg['max_iterations'] if cfg['anneal_uncertain'] else 1)
     if cfg['lambda_cps'] > 0 or cfg['lambda_con'] > 0:
-        pseudo, reliable = cross_pseudo_label(prob_a[lb:], prob_b[lb:], uncertain, cfg['filter'])
+        pseudo, reliable = cross_pseudo_label(prob_a[lb:], prob_b[lb:], cfg['uncertain_percent'], cfg['filter'])
     cps_a = cps_b = zero
     if cfg['lambda_cps'] > 0:
         cps_a = cps_loss(logits_a[lb:], pseudo, reliable)
         cps_b = cps_loss(logits_b[lb:], pseudo, reliable)
-        if cfg['cps_dice']:
-            cps_a = cps_a + cps_dice_loss(prob_a[lb:], pseudo, reliable)
-            cps_b = cps_b + cps_dice_loss(prob_b[lb:], pseudo, reliable)
 
     # 7. prototype contrast on the loser's features, ramped in over the run
     ramp = sigmoid_rampup(it, cfg['rampup'])
@@ -207,14 +193,13 @@ def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
     total = (sup_a + sup_b + cfg['alpha_mc'] * (mc_a + mc_b) + unsup * cfg['lambda_cps'] * (cps_a + cps_b)
              + unsup * (cfg['lambda_reg'] * reg + cfg['lambda_urps'] * urps) + lambda_c * con)
     record = dict(loss=total, sup_a=sup_a, sup_b=sup_b, dice_a=dice_a, dice_b=dice_b, mc_a=mc_a, mc_b=mc_b,
-                  reg=reg, urps=urps, cps_a=cps_a, cps_b=cps_b, con=con, reliable=zero, pseudo_fg=zero,
-                  reliable_fg=zero)
+                  reg=reg, urps=urps, cps_a=cps_a, cps_b=cps_b, con=con, label_fg=(label[:lb] > 0).float().mean(),
+                  reliable=zero, pseudo_fg=zero, reliable_fg=zero)
     if reliable is not None:  # is R the class mix of yhat? (a filter can starve R of foreground)
         fg = pseudo > 0
         record.update(reliable=reliable.float().mean(), pseudo_fg=fg.float().mean(),
                       reliable_fg=(fg & reliable).sum() / reliable.sum().clamp_min(1))
-    return total, record, {'winner': 'A' if a_wins else 'B', 'lambda_con': lambda_c, 'unsup_weight': unsup,
-                           'uncertain_percent': uncertain}
+    return total, record, {'winner': 'A' if a_wins else 'B', 'lambda_con': lambda_c, 'unsup_weight': unsup}
 
 
 def mt_losses(student_out, teacher_logits, label, cfg, it):
@@ -240,6 +225,37 @@ def update_ema(teacher, student, decay, it):
     a = min(1.0 - 1.0 / (it + 1), decay)
     for t, s in zip(teacher.parameters(), student.parameters()):
         t.mul_(a).add_(s, alpha=1.0 - a)
+
+
+def train_step(nets, optimizers, scaler, image, label, cfg, it, generator, world_size=1, amp=None):
+    """One training iteration on a batch, as train.py runs it and the benchmarks time it: the forward passes
+    and every loss term of cfg['method'] under autocast in `amp` (None: float32), one backward through the
+    gradient scaler, a step of every optimiser, and for mt the teacher's EMA update.
+
+    nets: build_networks' dict (networks may be DDP-wrapped); optimizers: {'net_a': SGD, ...}; image, label:
+    (B, 1, X, Y, Z) and (B, X, Y, Z) on the networks' device, labeled volumes first. Returns (loss, record,
+    extra) as dual_losses does (sup and mt: their own records)."""
+    with torch.autocast(image.device.type, dtype=amp, enabled=amp is not None):
+        if cfg['method'] == 'dual':
+            loss, record, extra = dual_losses(nets['net_a'](image), nets['net_b'](image), label, cfg, it, generator,
+                                              world_size)
+        elif cfg['method'] == 'mt':
+            with torch.no_grad():
+                teacher_logits = nets['ema'](add_noise(image, 0.1, generator))[0]
+            loss, record, extra = mt_losses(nets['net_a'](image), teacher_logits, label, cfg, it)
+        else:
+            logits = nets['net_a'](image)[0].float()
+            loss, dice = supervised_loss(logits, label)
+            record, extra = dict(loss=loss, sup=loss, dice=dice), {}
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    for opt in optimizers.values():
+        scaler.step(opt)
+    scaler.update()
+    if cfg['method'] == 'mt':
+        update_ema(nets['ema'], nets['net_a'], cfg['ema_decay'], it)
+    return loss, record, extra
 
 
 def validate(eval_nets, cases, cfg, device):
@@ -325,7 +341,7 @@ def main(argv=None):
 
     # --- run folder: a new run, or the continuation of the one a checkpoint holds ---
     run_dir = Path(cfg['snapshot_path'])
-    start, resume_path = resume_point(cfg, run_keys(build_parser()), nets, optimizers, is_main)
+    start, resume_path, best = resume_point(cfg, run_keys(build_parser()), nets, optimizers, is_main)
     if start >= cfg['max_iterations']:
         if is_main:
             print(f'nothing to do: {resume_path} is already at iteration {start} of {cfg["max_iterations"]}')
@@ -362,10 +378,12 @@ def main(argv=None):
             save_checkpoint({'iteration': iteration, 'config': cfg, 'method': cfg['method'],
                              **{n: m.state_dict() for n, m in plain.items()},
                              **{'optimizer_' + n[-1]: o.state_dict() for n, o in optimizers.items()},
-                             'rng': rng_state()}, run_dir / name)
+                             'rng': rng_state(), 'best': best}, run_dir / name)
 
     # --- the loop: one batch, every loss term, one backward, both optimisers step ---
-    best, t0 = -1.0, time.time()
+    t0 = time.time()
+    makes_pseudo = cfg['method'] == 'dual' and (cfg['lambda_cps'] > 0 or cfg['lambda_con'] > 0)
+    watch = CollapseWatch(window=min(100, max(5, cfg['max_iterations'] // 20)))
     with StopSignals() as stop:  # SIGINT / SIGTERM: finish the step, save, exit
         for keys, batch in zip(sampler, loader):
             it = keys[0][2]
@@ -376,32 +394,10 @@ def main(argv=None):
             image = batch['image'].to(device, non_blocking=True).contiguous(memory_format=memory_format)
             label = batch['label'].to(device, non_blocking=True)
             generator = step_generator(cfg['seed'] + rank, it, device)
-
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                if cfg['method'] == 'dual':
-                    # two views, so that agreeing on the unlabeled volumes means more than copying each other
-                    image_a, image_b = ([add_noise(image, cfg['input_noise'], generator) for _ in 'ab']
-                                        if cfg['input_noise'] > 0 else (image, image))
-                    loss, record, extra = dual_losses(nets['net_a'](image_a), nets['net_b'](image_b), label, cfg,
-                                                      it, generator, world_size)
-                elif cfg['method'] == 'mt':
-                    with torch.no_grad():
-                        teacher_logits = nets['ema'](add_noise(image, 0.1, generator))[0]
-                    loss, record, extra = mt_losses(nets['net_a'](image), teacher_logits, label, cfg, it)
-                else:
-                    logits = nets['net_a'](image)[0].float()
-                    loss, dice = supervised_loss(logits, label)
-                    record, extra = dict(loss=loss, sup=loss, dice=dice), {}
+            _, record, extra = train_step(nets, optimizers, scaler, image, label, cfg, it, generator, world_size, amp)
             values = host_values(record, it, run_dir)
-
-            for opt in optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            for opt in optimizers.values():
-                scaler.step(opt)
-            scaler.update()
-            if cfg['method'] == 'mt':
-                update_ema(plain['ema'], plain['net_a'], cfg['ema_decay'], it)
+            if makes_pseudo:
+                records.warn(watch.update(values['pseudo_fg'], values['label_fg']))
 
             done = it + 1
             records.write(it, {'lr': lr, **values, **extra})
@@ -412,8 +408,8 @@ def main(argv=None):
                 dice = validate([plain[n] for n in trained], val_set, cfg, device)
                 log.info(f'iteration {done}: validation Dice {dice:.4f}')
                 records.board.scalars(it, {'val_dice': dice})
-                if dice > best:
-                    best = dice
+                if dice > best['dice']:
+                    best = {'dice': dice, 'iteration': done}
                     checkpoint('best.pth', done)
             if done % cfg['save_every'] == 0 and done < cfg['max_iterations']:
                 checkpoint('latest.pth', done)

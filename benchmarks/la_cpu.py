@@ -44,16 +44,10 @@ METHODS = {
     # L_reg, L_urps and L_cps ramped in (ours) or at full weight from iteration 0 (the paper's)
     'dual-ramp': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '1', '--lambda_urps', '1'],
     'dual-ramp-global': ['--method', 'dual', '--filter', 'global', '--ramp_unsup', '1', '--lambda_urps', '1'],
-    'dual-ramp-noise': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '1', '--lambda_urps', '1',
-                        '--input_noise', '0.1'],
     # The L_cps filter (global is the paper's; classwise and none are ours), without the ramp
     'dual-global': ['--method', 'dual', '--filter', 'global', '--ramp_unsup', '0', '--lambda_urps', '1'],
     'dual-classwise': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '0', '--lambda_urps', '1'],
     'dual-none': ['--method', 'dual', '--filter', 'none', '--ramp_unsup', '0', '--lambda_urps', '1'],
-    'dual-anneal': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '0', '--lambda_urps', '1',
-                    '--anneal_uncertain'],
-    'dual-dice': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '0', '--lambda_urps', '1',
-                  '--cps_dice'],
     # what the released code trains in effect: its L_cps and L_con carry no gradient
     'dual-released': ['--method', 'dual', '--ramp_unsup', '0', '--lambda_urps', '1', '--lambda_cps', '0',
                       '--lambda_con', '0'],

@@ -6,4 +6,4 @@ and `python -m dataloaders.preprocess_la`; importing them here would make that r
 from .datasets import DatasetError, H5Dataset, LAHeart, read_case, read_list, validate_case
 from .samplers import IterationBatchSampler, LabeledBatchSampler, TwoStreamBatchSampler
 from .transforms import (NORMALIZE_MODES, CenterCrop, Compose, NormalizeIntensity, RandomCrop, RandomNoise,
-                         RandomRotFlip, RandomScaleIntensity, ToTensor, normalize_intensity)
+                         RandomRotFlip, ToTensor, normalize_intensity)

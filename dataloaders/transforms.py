@@ -110,20 +110,6 @@ class NormalizeIntensity:
         return f'NormalizeIntensity({self.mode!r})'
 
 
-class RandomScaleIntensity:
-    """image * s with log(s) uniform in [-log(max_scale), log(max_scale)]: robustness to scan scale."""
-
-    def __init__(self, max_scale=2.0):
-        if not max_scale >= 1:
-            raise ValueError(f'max_scale must be at least 1, got {max_scale}')
-        self.max_scale = float(max_scale)
-
-    def __call__(self, sample, rng=None):
-        rng = np.random.default_rng() if rng is None else rng
-        scale = np.exp(rng.uniform(-np.log(self.max_scale), np.log(self.max_scale)))
-        return {**sample, 'image': (sample['image'] * scale).astype(np.float32)}
-
-
 class RandomNoise:
     """image + clip(N(0, sigma^2), -2 sigma, 2 sigma) + mu, per voxel; the label is untouched."""
 

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 from .precision import wide_dtype, widen
-from .supervised import dice_loss
 
 
 def percentile(values, q):
@@ -106,18 +105,3 @@ def cps_loss(logits, pseudo_label, reliable):
     ce = F.nll_loss(F.log_softmax(logits, dim=1, dtype=wide_dtype(logits)), pseudo_label.detach(), reduction='none')
     weight = reliable.detach().to(ce.dtype)
     return (ce * weight).sum() / weight.sum().clamp_min(1)
-
-
-def cps_dice_loss(prob, pseudo_label, reliable):
-    """Soft Dice of p against yhat over R, mean over foreground classes (optional beside L_cps).
-
-    loss = mean_{c>=1} dice_loss(p_c[R], yhat[R] == c). Unlike the voxel-mean CE, it weighs the
-    foreground by its overlap, not by its voxel count. prob: (B, C, X, Y, Z), any float dtype (dice_loss
-    sums in float32); pseudo_label: (B, X, Y, Z) int64; reliable: (B, X, Y, Z) bool. 0 (on the graph)
-    when R is empty.
-    """
-    keep = reliable.detach()
-    target = pseudo_label.detach()[keep]
-    n_classes = prob.shape[1]
-    kept = prob.movedim(1, -1)[keep]  # (|R|, C)
-    return sum(dice_loss(kept[:, c], target == c) for c in range(1, n_classes)) / (n_classes - 1)

@@ -11,8 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # method's losses, then its extra values (written out here, not read from train.py).
 ITERATION_COLUMNS = {
     'dual': ['lr', 'loss', 'sup_a', 'sup_b', 'dice_a', 'dice_b', 'mc_a', 'mc_b', 'reg', 'urps', 'cps_a', 'cps_b',
-             'con', 'reliable', 'pseudo_fg', 'reliable_fg', 'winner', 'lambda_con', 'unsup_weight',
-             'uncertain_percent'],
+             'con', 'label_fg', 'reliable', 'pseudo_fg', 'reliable_fg', 'winner', 'lambda_con', 'unsup_weight'],
     'mt': ['lr', 'loss', 'sup', 'dice', 'consistency', 'consistency_weight'],
     'sup': ['lr', 'loss', 'sup', 'dice'],
 }

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import (confident_disagreement, cosine_consistency_loss, cps_dice_loss, cps_loss, cross_pseudo_label,
+from losses import (confident_disagreement, cosine_consistency_loss, cps_loss, cross_pseudo_label,
                     dice_loss, entropy, mutual_correction_loss, percentile, prototype_contrastive_loss,
                     softmax_mse_loss, supervised_loss, uncertain_mask, urps_loss)
 
@@ -418,27 +418,6 @@ def test_classwise_uncertain_mask_matches_numpy(n_classes):
     rare = uncertain_mask(ent, arg, 30, 'classwise', n_classes, min_class_voxels=10 ** 6)
     assert not rare.any()
     assert not uncertain_mask(ent, arg, 0, 'classwise', n_classes).any()
-
-
-def test_cps_dice_loss_hand_value_and_edge_cases():
-    prob = binary([0.9, 0.2, 0.6, 0.3]).requires_grad_()
-    yhat = torch.tensor([1, 0, 1, 1]).reshape(1, 4, 1, 1)
-    reliable = torch.tensor([True, True, False, True]).reshape(1, 4, 1, 1)
-    # kept voxels 0, 1, 3: p = (0.9, 0.2, 0.3), y = (1, 0, 1)
-    expected = 1 - (2 * 1.2 + 1e-5) / (0.81 + 0.04 + 0.09 + 2 + 1e-5)
-    loss = cps_dice_loss(prob, yhat, reliable)
-    assert loss.item() == pytest.approx(expected, rel=1e-12)
-    loss.backward()
-    assert prob.grad[:, :, 2].abs().sum() == 0  # the unreliable voxel gets no gradient
-    fresh = prob.detach().clone().requires_grad_()
-    assert_zero_on_graph(cps_dice_loss(fresh, yhat, torch.zeros_like(reliable)), fresh)
-    # multi-class: the mean over foreground classes, against an independent numpy Dice
-    p3 = rand_prob((2, 3, 3, 2, 2), 23)
-    y3 = p3.argmax(1)
-    r3 = torch.rand(y3.shape, generator=torch.Generator().manual_seed(24)) > 0.3
-    keep = r3.numpy()
-    want = np.mean([np_dice_loss(p3.numpy()[:, c][keep], (y3.numpy() == c)[keep]) for c in (1, 2)])
-    assert cps_dice_loss(p3, y3, r3).item() == pytest.approx(want, rel=1e-10)
 
 
 # ---------------------------------------------------------------- prototype contrastive

@@ -177,10 +177,8 @@ def check_config(cfg):
             raise SystemExit(f'error: --{name} {cfg[name]} must be at least 1')
     if cfg['tensorboard']:
         summary_writer_class()  # a missing package stops the run here, not at the first logged step
-    if not cfg['intensity_scale'] >= 1:
-        raise SystemExit(f'error: --intensity_scale {cfg["intensity_scale"]} must be at least 1 (1: off)')
     for name in ('num_workers', 'rampup', 'val_every', 'image_every', 'base_lr', 'alpha_mc', 'lambda_reg',
-                 'lambda_urps', 'lambda_cps', 'lambda_con', 'consistency', 'contrast_tau', 'input_noise'):
+                 'lambda_urps', 'lambda_cps', 'lambda_con', 'consistency', 'contrast_tau'):
         if not cfg[name] >= 0:  # also refuses NaN
             raise SystemExit(f'error: --{name} {cfg[name]} must be zero or more')
     for name, low, high in (('uncertain_percent', 0, 100), ('conf_thresh', 0, 1), ('ema_decay', 0, 1)):

@@ -23,18 +23,25 @@ def find_resume(resume, run_dir):
     return max(found, key=lambda p: iteration_of(load_checkpoint(p), p))
 
 
+# The best validation score before any validation: every real score beats it.
+NO_BEST = {'dice': -1.0, 'iteration': None}
+
+
 def resume_point(cfg, run_keys, nets, optimizers, is_main=True):
-    """(iteration, checkpoint path) where the run in folder cfg['snapshot_path'] starts: with --resume, the
-    checkpoint's, restored into nets and optimizers (see restore); otherwise (0, None), refused where the
-    folder already holds checkpoints, which a new run would overwrite."""
+    """(iteration, checkpoint path, best) where the run in folder cfg['snapshot_path'] starts: with --resume,
+    the checkpoint's, restored into nets and optimizers (see restore), and the best validation score so far
+    ({'dice', 'iteration'} of best.pth), so that a resumed run replaces best.pth only with a better model;
+    otherwise (0, None, NO_BEST), refused where the folder already holds checkpoints, which a new run would
+    overwrite."""
     run_dir = Path(cfg['snapshot_path'])
     path = find_resume(cfg['resume'], run_dir) if cfg['resume'] else None
     if path is not None:
-        return restore(path, cfg, run_keys, nets, optimizers), path
+        iteration, best = restore(path, cfg, run_keys, nets, optimizers)
+        return iteration, path, best
     if is_main and any(run_dir.glob('*.pth')):
         raise SystemExit(f'error: {run_dir} already holds checkpoints; pass --resume auto to continue it, '
                          f'or a new --exp / --snapshot_path')
-    return 0, None
+    return 0, None, dict(NO_BEST)
 
 
 def iteration_of(ckpt, path):
@@ -46,7 +53,7 @@ def iteration_of(ckpt, path):
 
 def restore(path, cfg, run_keys, nets, optimizers):
     """Load nets {'net_a': module, ...}, optimizers {'net_a': SGD, ...} and the RNG state from the
-    checkpoint at `path`; return its iteration. Raises CheckpointError when the file is unreadable,
+    checkpoint at `path`; return its iteration and its best validation score ({'dice', 'iteration'}). Raises CheckpointError when the file is unreadable,
     foreign, of another architecture, or saved with other settings (the caller then stops)."""
     ckpt = load_checkpoint(path)
     iteration = iteration_of(ckpt, path)
@@ -77,4 +84,7 @@ def restore(path, cfg, run_keys, nets, optimizers):
         set_rng_state(ckpt['rng'])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f'{path}: damaged optimiser or RNG state ({type(e).__name__}: {e})') from None
-    return iteration
+    best = ckpt.get('best', NO_BEST)
+    if not (isinstance(best, dict) and isinstance(best.get('dice'), float)):
+        raise CheckpointError(f'{path}: damaged best validation score {best!r}')
+    return iteration, dict(best)

@@ -109,6 +109,13 @@ class RunRecords:
             self.table.flush()
             self.log.info(log_line(done, row))
 
+    def warn(self, message):
+        """A warning (None: nothing to say) in log.txt and on the console, and a mark on the progress bar."""
+        if message is None:
+            return
+        self.log.warning('warning: ' + message)
+        self.bar.set_description_str('warning, see log.txt', refresh=False)
+
     def close(self, message):
         """The end of the run, finished or stopped: close every record, then log why it ends."""
         self.bar.close()
