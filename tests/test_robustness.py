@@ -219,8 +219,8 @@ BAD = {
                                          ['given.pth', 'not a training checkpoint']),
     'resume_other_settings': (None, checkpoint_with(lambda c: None), ['--resume', GIVEN, '--base_lr', '0.02'],
                               ['given.pth', 'base_lr', '0.01', '0.02']),
-    'resume_other_filter': (None, checkpoint_with(lambda c: None), ['--resume', GIVEN, '--filter', 'global'],
-                            ['given.pth', 'filter', 'classwise', 'global']),
+    'resume_other_filter': (None, checkpoint_with(lambda c: None), ['--resume', GIVEN, '--filter', 'classwise'],
+                            ['given.pth', 'filter', 'global', 'classwise']),
     'resume_other_lambda_cps': (None, checkpoint_with(lambda c: None), ['--resume', GIVEN, '--lambda_cps', '0.5'],
                                 ['given.pth', 'lambda_cps', '1.0', '0.5']),
     'run_folder_holds_checkpoints': (None, existing_run, [], ['already holds checkpoints', '--resume auto']),
@@ -302,8 +302,8 @@ def test_non_finite_loss_stops_naming_term_and_iteration(phantoms, tmp_path, mon
         return value * float('nan') if len(calls) == 6 else value  # iteration 5
     monkeypatch.setattr(train, function, poisoned)
     run = tmp_path / 'run'
-    with pytest.raises(SystemExit) as e:  # L_urps is off by default: turned on so the poisoned term runs
-        train.main(args(phantoms, run, max_iterations=10, save_every=2, lambda_urps=1))
+    with pytest.raises(SystemExit) as e:
+        train.main(args(phantoms, run, max_iterations=10, save_every=2))
     message = str(e.value.code)
     assert f'non-finite loss term {term} at iteration 5' in message and '\n' not in message
     ckpt = load(run / 'latest.pth')  # the last good checkpoint, untouched
