@@ -3,7 +3,9 @@
 Long commands (full LA training, the benchmarks) are exercised here as smoke runs or --help; the quick
 start runs as written in .ci/run.
 """
+import argparse
 import csv
+import importlib
 import json
 import math
 import re
@@ -28,10 +30,10 @@ _spec.loader.exec_module(test_script)
 ENV_THREADS = {'OMP_NUM_THREADS': '1'}
 
 
-def readme_commands():
-    """Indented command lines of the README's code blocks (those that start with pip, python or torchrun)."""
+def readme_commands(pages=('README.md',)):
+    """Indented command lines of the pages' code blocks (those that start with pip, python or torchrun)."""
     commands = []
-    for line in (REPO / 'README.md').read_text().splitlines():
+    for line in (line for page in pages for line in (REPO / page).read_text().splitlines()):
         text = line.strip()
         if line.startswith('    ') and text.split(' ')[0] in ('pip', 'python', 'torchrun'):
             for part in text.split('&&'):
@@ -48,32 +50,134 @@ def test_readme_has_the_two_first_screen_commands():
     assert 'python train.py --dataset synthetic --gpu -1' in commands
     assert 'python test.py --dataset synthetic --gpu -1' in commands
     assert 'python -m pytest -q tests' in commands
+    first_screen = '\n'.join((REPO / 'README.md').read_text().splitlines()[:25])
+    for command in ('python train.py --dataset synthetic --gpu -1', 'python -m pytest -q tests'):
+        assert command in first_screen, command
     ci = (REPO / '.ci' / 'run').read_text()
     assert 'python -m pytest -q tests' in ci  # CI runs the README's test command
 
 
-@pytest.mark.parametrize('command', readme_commands())
-def test_every_readme_command_parses(command):
+class Parsed(BaseException):
+    """Raised in place of returning from ArgumentParser.parse_args: the whole command line parsed, and
+    nothing of the script runs after it. A BaseException, so no `except Exception` of a script swallows it."""
+
+
+real_parse_args = argparse.ArgumentParser.parse_args
+
+
+class BadCommand(AssertionError):
+    """A README command that does not parse as written."""
+
+
+def check_command(command, monkeypatch):
+    """Parse one README command with every argument it names, without running it; raise BadCommand if it
+    does not parse.
+
+    train.py and test.py go through their own parse_args (flags, presets and their checks). A `python -m X`
+    module runs X.main(argv) with argparse's parse_args replaced by one that parses for real and then raises
+    Parsed, so a misspelt flag, a missing required one or a bad value ends in argparse's SystemExit instead.
+    Every parser runs with allow_abbrev off: a README command spells each flag in full."""
     words = shlex.split(command)
     if words[0] == 'pip':
-        assert words[1:] == ['install', '-r', 'requirements.txt'] or words[1:3] == ['install', 'torch==2.13.0']
+        if not (words[1:] == ['install', '-r', 'requirements.txt'] or words[1:3] == ['install', 'torch==2.13.0']):
+            raise BadCommand(f'unexpected pip command: {command}')
         return
     if words[0] == 'torchrun':
         words = ['python'] + words[words.index('train.py'):]
     if words[1] == '-m':
-        if words[2] == 'pytest':
+        module, argv = words[2], [w for w in words[3:] if w != '...']
+        if module == 'pytest':
             return
-        assert run([sys.executable, '-m', words[2], '--help']).returncode == 0
-        return
+        if importlib.util.find_spec(module.split('.')[0]) is None or importlib.util.find_spec(module) is None:
+            raise BadCommand(f'module {module} does not exist in this checkout: {command}')
+        main = importlib.import_module(module).main
+
+        def parse_then_stop(self, args=None, namespace=None):
+            self.allow_abbrev = False
+            real_parse_args(self, args, namespace)
+            raise Parsed()
+        monkeypatch.setattr(argparse.ArgumentParser, 'parse_args', parse_then_stop)
+        monkeypatch.setattr(sys, 'argv', [module] + argv)
+        try:
+            main(argv)
+        except Parsed:
+            return
+        except SystemExit as e:
+            raise BadCommand(f'{command}: argparse exit {e.code}') from None
+        finally:
+            monkeypatch.undo()
+        raise BadCommand(f'{module}.main returned without parsing its arguments: {command}')
     script, argv = words[1], [w for w in words[2:] if w != '...']
-    if script == 'train.py':
-        train.parse_args(argv)  # SystemExit (a bad flag) fails the test
-    elif script == 'test.py':
-        test_script.parse_args(argv)
-    else:
-        assert (REPO / script).is_file(), script
-        done = run([sys.executable, script, '--help'])
-        assert done.returncode == 0, done.stderr
+    parse = {'train.py': train.parse_args, 'test.py': test_script.parse_args}.get(script)
+    if parse is None:
+        raise BadCommand(f'{script}: not a script this test knows how to parse: {command}')
+
+    def parse_in_full(self, args=None, namespace=None):
+        self.allow_abbrev = False
+        return real_parse_args(self, args, namespace)
+    monkeypatch.setattr(argparse.ArgumentParser, 'parse_args', parse_in_full)
+    try:
+        parse(argv)
+    except SystemExit as e:
+        raise BadCommand(f'{command}: exit {e.code}') from None
+    finally:
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize('command', readme_commands(('README.md', 'docs/benchmarks.md')))
+def test_every_readme_command_parses(command, monkeypatch):
+    """Every command of the README and of docs/benchmarks.md (docs/results.md keeps the commands as they were
+    run, with the module names of their date, and is not checked)."""
+    check_command(command, monkeypatch)
+
+
+@pytest.mark.parametrize('command', [
+    'python train.py --dataset synthetic --gpu -1 --iteratons 400',
+    'python test.py --dataset synthetic --gpu -1 --strid_xy 16',
+    'python -m benchmarks.speed --la_root data/LA --repeatz 2',
+    'python -m dataloaders.check --root_path data/LA --stat',  # argparse alone would take it for --stats
+    'python -m utils.plot',  # its run folder is a required argument
+    'python -m benchmarks.no_such_module --la_root data/LA',
+])
+def test_the_readme_command_check_rejects_a_misspelt_command(command, monkeypatch):
+    """The check above is not vacuous: a misspelt flag, a missing argument or a module that does not exist
+    fails it (a check that ran `--help` only, as this test once did, passes all but the last)."""
+    with pytest.raises(BadCommand):
+        check_command(command, monkeypatch)
+
+
+def test_readme_flag_table_names_every_train_py_flag():
+    """The Training section's table lists every flag of train.py's parser, and no flag train.py lacks."""
+    readme = (REPO / 'README.md').read_text()
+    section = readme[readme.index('\n## Training'):readme.index('\n## Evaluation')]
+    rows = '\n'.join(line for line in section.splitlines() if line.startswith('|'))
+    in_table = {flag for code in re.findall(r'`([^`]*)`', rows) for flag in re.findall(r'--[a-z_]+', code)}
+    flags = {o for a in train.build_parser()._actions for o in a.option_strings if o.startswith('--')} - {'--help'}
+    assert not flags - in_table, f'train.py flags missing from the README table: {sorted(flags - in_table)}'
+    assert not in_table - flags, f'README table names flags train.py does not have: {sorted(in_table - flags)}'
+
+
+NUMBER = re.compile(r'(?<![\w.\-])[-+]?\d+(?:\.\d+)?')
+
+
+def prose_numbers(text):
+    """The numbers of a Markdown text, outside code blocks, inline code and link targets, with their sign
+    (2026-11-27 gives 2026 only; la_cpu_800 and x0.1 give none)."""
+    text = '\n'.join(l for l in text.splitlines() if not l.startswith('    '))
+    text = re.sub(r'`[^`]*`', ' ', text)
+    text = re.sub(r'\]\([^)]*\)', '] ', text)
+    return set(NUMBER.findall(text))
+
+
+def test_readme_results_numbers_are_in_the_record():
+    """Every number of the README's Results in brief appears in docs/results.md, so the brief table cannot
+    drift from the record of the study it comes from."""
+    readme = (REPO / 'README.md').read_text()
+    brief = readme[readme.index('\n## Results in brief'):readme.index('\n## Layout')]
+    record = prose_numbers((REPO / 'docs' / 'results.md').read_text())
+    numbers = prose_numbers(brief)
+    assert len(numbers) > 30  # the table is there
+    assert not numbers - record, f'not in docs/results.md: {sorted(numbers - record)}'
 
 
 def test_la_cpu_benchmark_runs_on_phantoms(phantoms, tmp_path):

@@ -2,7 +2,7 @@
 bit-exact resume with any num_workers, a 2-process torchrun run, and the run-folder rules.
 
 Runs are in-process (train.main) where a real process is not needed; one thread, so results are
-the same in every process and the tiny networks run fast on a shared 2-core machine.
+the same in every process and the tiny networks run fast on a small CPU.
 """
 import csv
 import importlib.util
