@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 import train
-from benchmarks.common import SETTINGS, SUPERVISED_ONLY, make_step, sync
+from benchmarks.common import SETTINGS, SUPERVISED_ONLY, step_on_batch, sync
 from dataloaders.synthetic import make_phantom
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.config import amp_dtype, select_device
@@ -152,7 +152,7 @@ def check_training(args, device):
     for name, amp, channels_last, run_cfg in runs:
         torch.manual_seed(0)  # the same initial weights in every setting
         nets = calibrated(train.build_networks(run_cfg, device), image)
-        step = make_step(run_cfg, device, image, label, amp=amp, channels_last=channels_last, nets=nets)
+        step = step_on_batch(run_cfg, device, image, label, amp=amp, channels_last=channels_last, nets=nets)
         seconds, peak, finite, record, con_steps = time_steps(step, device, args.warmup, args.iterations)
         rows[name] = dict(seconds_per_iteration=seconds, peak_mib=peak, finite=finite, last_terms=record,
                           contrastive_steps=con_steps, projected_hours=seconds * PAPER_ITERATIONS / 3600)

@@ -38,6 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 import train
+from benchmarks.common import SUPERVISED_ONLY
 from dataloaders import read_list
 from dataloaders.datasets import LA_SUBDIR
 from utils.cli import UsageError, run_cli
@@ -45,11 +46,11 @@ from utils.config import run_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The four methods, as train.py flags on top of its defaults; pairsup is dual with every unsupervised weight 0.
+# The four methods, as train.py flags on top of its defaults; pairsup is dual with every unsupervised weight 0
+# (the pair-sup the speed benchmarks time).
 METHODS = {
     'sup': ['--method', 'sup'],
-    'pairsup': ['--method', 'dual', '--alpha_mc', '0', '--lambda_reg', '0', '--lambda_urps', '0',
-                '--lambda_cps', '0', '--lambda_con', '0'],
+    'pairsup': ['--method', 'dual', *[w for k, v in SUPERVISED_ONLY.items() for w in (f'--{k}', str(v))]],
     'mt': ['--method', 'mt'],
     'dual': ['--method', 'dual'],  # train.py's defaults: the paper's method
 }

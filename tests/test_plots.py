@@ -1,4 +1,4 @@
-"""The run pictures of utils.plot (curves.png, cases.png) and benchmarks/plot_la_cpu.py, on small made-up CSVs:
+"""The run pictures of utils.plot (curves.png, cases.png) and benchmarks/plot_la_study.py, on small made-up CSVs:
 real PNGs of the expected size, from a finished and from an unfinished run, and one line when matplotlib is
 missing."""
 import csv
@@ -82,8 +82,8 @@ def test_plot_of_a_folder_without_csv_is_one_line(tmp_path):
     assert str(stop.value.code).startswith('error: ') and 'iterations.csv' in stop.value.code
 
 
-def test_la_cpu_paired_dice_figure(tmp_path, capsys):
-    plot_la_cpu = load_benchmark('plot_la_cpu')
+def test_la_study_paired_dice_figure(tmp_path, capsys):
+    plot_la_study = load_benchmark('plot_la_study')
     runs = tmp_path / 'runs'
     dice = {'dual': [0.8, 0.6, 0.0], 'pairsup': [0.7, 0.65, 0.0], 'mt': [0.9, 0.7, 0.01]}
     for method, values in dice.items():
@@ -93,7 +93,7 @@ def test_la_cpu_paired_dice_figure(tmp_path, capsys):
             (folder / 'test_cases.csv').write_text('case,dice,jaccard,hd95,asd\n' + ''.join(
                 f'case{i},{v},{v},1.0,1.0\n' for i, v in enumerate(values)))
     out = tmp_path / 'docs' / 'la_cpu_paired.png'
-    assert plot_la_cpu.main([str(runs), '--out', str(out)]) == 0
+    assert plot_la_study.main([str(runs), '--out', str(out)]) == 0
     # pair-sup before mt (the README's order); 6 case-seed pairs each, seeds pooled
     assert capsys.readouterr().out.splitlines()[:2] == [
         'vs pairsup: mean +1.67 points, dual better in 2 of 6 case-seed pairs',
@@ -103,6 +103,6 @@ def test_la_cpu_paired_dice_figure(tmp_path, capsys):
     (runs / 'dual_seed2' / 'test_cases.csv').unlink()
     (runs / 'dual_seed1337' / 'test_cases.csv').unlink()
     with pytest.raises(SystemExit) as stop:
-        plot_la_cpu.main([str(runs), '--out', str(out)])
+        plot_la_study.main([str(runs), '--out', str(out)])
     assert str(stop.value.code).startswith('error: ') and 'no dual_seed' in stop.value.code
     assert '\n' not in stop.value.code

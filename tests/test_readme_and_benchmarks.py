@@ -164,17 +164,54 @@ def test_la_study_full_protocol_at_tiny_size_reuses_only_runs_of_the_same_settin
     assert refused.returncode != 0 and refused.stderr.count('\n') == 1 and 'config.json' in refused.stderr
 
 
-def test_speed_benchmark_runs_on_phantoms(phantoms):
+def printed_ratio_agrees(ratio, numerator, denominator, step):
+    """Whether a ratio printed to 3 decimals can be numerator / denominator, both printed to `step` (0.01 for
+    two decimals): the interval the roundings leave, not an exact quotient."""
+    low = (numerator - step / 2) / (denominator + step / 2) - 5e-4
+    high = (numerator + step / 2) / max(denominator - step / 2, 1e-12) + 5e-4
+    return low <= ratio <= high
+
+
+def test_speed_benchmark_ratios_are_the_printed_times_divided(phantoms):
+    """Every ratio in the closing table is positive and is the quotient of the times (or rates, peaks) its
+    section printed, with the right reference. Bugs caught: a ratio inverted (reference over setting), taken
+    against the wrong reference (say amp over channels_last), or a section timing nothing (0 s, inf)."""
     done = run([sys.executable, '-m', 'benchmarks.speed', '--la_root', str(phantoms), '--patch_size', '16,16,16',
                 '--n_filters', '2', '--stride_xy', '16', '--stride_z', '16', '--repeats', '1', '--data_batches', '2',
                 '--num_workers', '0', '--labelnum', '4'], timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    for ratio in ('step: full dual / supervised-only pair', 'inference: test_single_case / naive no_grad',
-                  'data: loader samples/s / step samples/s', 'memory: with / without contrastive',
-                  'precision: dual step, amp + channels_last / float32',
-                  'precision: inference, amp + channels_last / float32'):
-        assert f'| {ratio} |' in done.stdout
-    assert '| amp + channels_last |' in done.stdout  # the side-by-side table of the four settings
+    out = done.stdout
+    ratios = dict(re.findall(r'^\| ([a-z][^|]*?) \| ([0-9.]+) \| [^|]+ \|$', out, re.M))
+    ratios = {k: float(v) for k, v in ratios.items()}
+    assert len(ratios) == 12 and all(0 < v < math.inf for v in ratios.values()), ratios
+
+    full, pair = map(float, re.search(r'step: full dual ([0-9.]+) s, supervised-only pair ([0-9.]+) s', out).groups())
+    assert printed_ratio_agrees(ratios['step: full dual / supervised-only pair'], full, pair, 1e-3)
+    windows, ours, naive, released, forward = map(float, re.search(
+        r'with (\d+) windows .* test_single_case ([0-9.]+) s, naive no_grad ([0-9.]+) s, released ([0-9.]+) s, '
+        r'one forward ([0-9.]+) s', out).groups())
+    assert printed_ratio_agrees(ratios['inference: test_single_case / naive no_grad'], ours, naive, 1e-2)
+    assert printed_ratio_agrees(ratios['inference: test_single_case / released loop'], ours, released, 1e-2)
+    assert printed_ratio_agrees(ratios['inference: test_single_case / (windows x forward)'], ours,
+                                windows * forward, windows * 1e-3 + 1e-2)
+    delivered, consumed = map(float, re.search(r'data: .* ([0-9.]+) samples/s, a step consumes ([0-9.]+)', out).groups())
+    assert printed_ratio_agrees(ratios['data: loader samples/s / step samples/s'], delivered, consumed, 0.1)
+    with_con, without = map(float, re.search(r'memory: with contrastive (\d+), without contrastive (\d+)', out).groups())
+    assert printed_ratio_agrees(ratios['memory: with / without contrastive'], with_con, without, 1)
+
+    # the side-by-side table: each setting's ratio is its time over float32's, and the closing table repeats it
+    table = {m[0]: [float(v) for v in m[1:]] for m in re.findall(
+        r'^\| (float32|amp|channels_last|amp \+ channels_last) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \| '
+        r'([0-9.]+) \| ([0-9.]+) \|$', out, re.M)}
+    assert list(table) == ['float32', 'amp', 'channels_last', 'amp + channels_last']
+    assert table['float32'][1] == table['float32'][3] == 1 and table['float32'][4] == 1  # labels equal to its own
+    for name, (step_s, step_ratio, infer_s, infer_ratio, agree) in table.items():
+        assert printed_ratio_agrees(step_ratio, step_s, table['float32'][0], 1e-3), name
+        assert printed_ratio_agrees(infer_ratio, infer_s, table['float32'][2], 1e-2), name
+        assert 0.9 < agree <= 1, name  # bfloat16 changes a few labels of untrained networks, not most
+        if name != 'float32':
+            assert ratios[f'precision: dual step, {name} / float32'] == step_ratio
+            assert ratios[f'precision: inference, {name} / float32'] == infer_ratio
 
 
 def user_facing_files():
