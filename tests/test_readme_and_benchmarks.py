@@ -244,6 +244,9 @@ def test_benchmarks_run_as_modules_without_path_edits():
 
 
 def test_gpu_check_quick_runs_every_step_on_the_cpu(tmp_path):
+    """Every step at tiny size on the CPU. The inference check compares test_single_case with the lineage's
+    per-window loop, so a sliding window that goes wrong on the CPU too (say one that averages network A only)
+    fails it here, not only on a GPU."""
     out = tmp_path / 'gpu_check.json'
     done = run([sys.executable, '-m', 'benchmarks.gpu_check', '--quick', '--gpu', '-1', '--out', str(out)], timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
