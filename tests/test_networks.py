@@ -58,7 +58,7 @@ def test_parameter_count(name):
 
 @pytest.mark.parametrize('name', NETWORKS)
 def test_forward_fixture(name):
-    """Bug caught: the same keys computing something else (a skip connection added at the wrong level, padding,
+    """Bug caught: the same keys computing something else (a skip connection scaled or left out, padding,
     activation order, the feature tap): the published outputs are no longer reproduced."""
     fixture = np.load(FIXTURES / 'forward_fixture.npz')
     model = NETWORKS[name][0](n_channels=1, n_classes=2, n_filters=16, has_dropout=True)
