@@ -96,7 +96,7 @@ def test_every_method_writes_a_complete_run(phantoms, reference, tmp_path, metho
     nets = {'dual': {'net_a': VNet, 'net_b': ResNet34VNet}, 'mt': {'net_a': VNet, 'ema': VNet},
             'sup': {'net_a': VNet}}[method]
     optimizers = {'dual': ['optimizer_a', 'optimizer_b'], 'mt': ['optimizer_a'], 'sup': ['optimizer_a']}[method]
-    assert set(ckpt) == {'iteration', 'config', 'method', 'rng', *nets, *optimizers}
+    assert set(ckpt) == {'iteration', 'config', 'method', 'rng', 'best', *nets, *optimizers}
     assert ckpt['iteration'] == iterations and ckpt['method'] == method
     for name, cls in nets.items():
         cls(n_channels=1, n_classes=2, n_filters=2).load_state_dict(ckpt[name])  # strict: every key fits
@@ -434,7 +434,8 @@ def test_a_new_logged_value_gets_its_csv_column(phantoms, tmp_path, monkeypatch)
     train.main(args(phantoms, run, max_iterations=2))
     rows = read_csv(run / 'iterations.csv')
     columns = ITERATION_COLUMNS['dual']
-    assert list(rows[0]) == ['iteration', *columns[:16], 'new_term', *columns[16:], 'new_extra']
+    record_end = columns.index('reliable_fg') + 1  # the record's columns, then the extra values
+    assert list(rows[0]) == ['iteration', *columns[:record_end], 'new_term', *columns[record_end:], 'new_extra']
     assert [r['new_extra'] for r in rows] == ['x', 'x']
     assert [float(r['new_term']) for r in rows] == pytest.approx([2 * float(r['loss']) for r in rows], rel=1e-5)
     assert 'new_term ' in (run / 'log.txt').read_text()
