@@ -163,6 +163,16 @@ def check_reusable(run_dir, argv):
                          f'remove the folder')
 
 
+def evaluated(out_dir, args):
+    """Whether out_dir holds test.py's results at this study's strides and precision; results of another
+    --stride_xy / --stride_z / --amp are evaluated again, not reported under these settings."""
+    path = out_dir / 'test_summary.json'
+    if not path.is_file():
+        return False
+    settings = json.loads(path.read_text())['settings']
+    return [settings.get(k) for k in ('stride_xy', 'stride_z', 'amp')] == [args.stride_xy, args.stride_z, args.amp]
+
+
 def train_and_test(name, flags, seed, cache, args):
     """Train one method or variant with train.py (a finished run, checked by check_reusable, is reused) and
     evaluate its final checkpoint with test.py (dual: also network A alone, into nets_a/); returns
@@ -182,7 +192,7 @@ def train_and_test(name, flags, seed, cache, args):
     rows = []
     for sub, extra in evaluations:
         out_dir = run_dir / sub
-        if not (out_dir / 'test_summary.json').is_file():
+        if not evaluated(out_dir, args):
             run([sys.executable, 'test.py', *data_flags(seed, cache, args, run_dir), '--stride_xy',
                  str(args.stride_xy), '--stride_z', str(args.stride_z), '--out_dir', str(out_dir), '--no_progress',
                  *extra, *fast_flags(args)], run_dir / f'test_stdout{sub and "_" + sub}.txt', args.threads)

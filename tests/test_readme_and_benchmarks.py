@@ -194,9 +194,11 @@ def test_speed_benchmark_ratios_are_the_printed_times_divided(phantoms):
     assert printed_ratio_agrees(ratios['inference: test_single_case / released loop'], ours, released, 1e-2)
     assert printed_ratio_agrees(ratios['inference: test_single_case / (windows x forward)'], ours,
                                 windows * forward, windows * 1e-3 + 1e-2)
-    delivered, consumed = map(float, re.search(r'data: .* ([0-9.]+) samples/s, a step consumes ([0-9.]+)', out).groups())
+    delivered, consumed = map(float, re.search(r'data: .* ([0-9.]+) samples/s, a step consumes ([0-9.]+)',
+                                               out).groups())
     assert printed_ratio_agrees(ratios['data: loader samples/s / step samples/s'], delivered, consumed, 0.1)
-    with_con, without = map(float, re.search(r'memory: with contrastive (\d+), without contrastive (\d+)', out).groups())
+    with_con, without = map(float, re.search(r'memory: with contrastive (\d+), without contrastive (\d+)',
+                                             out).groups())
     assert printed_ratio_agrees(ratios['memory: with / without contrastive'], with_con, without, 1)
 
     # the side-by-side table: each setting's ratio is its time over float32's, and the closing table repeats it
@@ -300,6 +302,19 @@ def test_la_study_names_the_four_methods_and_takes_other_settings_as_variants():
         with pytest.raises(UsageError, match=re.escape(says)) as error:
             parse_variant(text, owned)
         assert '\n' not in str(error.value)
+
+
+def test_la_study_evaluates_again_at_other_strides_or_precision(tmp_path):
+    """Bug caught: a test_summary.json of another --stride_xy, --stride_z or --amp reported as this study's."""
+    from benchmarks.la_study import evaluated
+    study = argparse.Namespace(stride_xy=16, stride_z=8, amp=False)
+    assert not evaluated(tmp_path, study)  # nothing evaluated yet
+    for settings, same in ((dict(stride_xy=16, stride_z=8, amp=False), True),
+                           (dict(stride_xy=18, stride_z=8, amp=False), False),
+                           (dict(stride_xy=16, stride_z=4, amp=False), False),
+                           (dict(stride_xy=16, stride_z=8, amp=True), False)):
+        (tmp_path / 'test_summary.json').write_text(json.dumps({'settings': {**settings, 'nets': ['a', 'b']}}))
+        assert evaluated(tmp_path, study) == same, settings
 
 
 def test_paired_difference_intervals_over_cases_and_over_seeds():
