@@ -125,6 +125,18 @@ def build_networks(cfg, device):
     return {name: net.to(device).train() for name, net in nets.items()}
 
 
+def build_optimizers(cfg, nets):
+    """{'net_a': SGD, ...}: one optimiser per trained network (not mt's EMA teacher), the lineage's settings."""
+    return {n: torch.optim.SGD(nets[n].parameters(), lr=cfg['base_lr'], momentum=0.9, weight_decay=1e-4)
+            for n in ('net_a', 'net_b') if n in nets}
+
+
+def grad_scaler(amp):
+    """train_step's gradient scaler for autocast dtype `amp` (None: float32): on for float16 only, whose narrow
+    exponent range underflows small gradients; bfloat16 keeps float32's range and needs no loss scaling."""
+    return torch.amp.GradScaler('cuda', enabled=amp == torch.float16)
+
+
 def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
     """Every term of docs/method.md's training iteration for one batch (labeled part first, labeled_bs volumes).
 
@@ -335,9 +347,8 @@ def main(argv=None):
     for net in nets.values():
         net.to(memory_format=memory_format)
     torch.manual_seed(cfg['seed'] + rank)  # but each rank its own dropout masks
-    trained = [n for n in ('net_a', 'net_b') if n in nets]
-    optimizers = {n: torch.optim.SGD(nets[n].parameters(), lr=cfg['base_lr'], momentum=0.9, weight_decay=1e-4)
-                  for n in trained}
+    optimizers = build_optimizers(cfg, nets)
+    trained = list(optimizers)
 
     # --- run folder: a new run, or the continuation of the one a checkpoint holds ---
     run_dir = Path(cfg['snapshot_path'])
@@ -369,7 +380,7 @@ def main(argv=None):
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg['num_workers'],
                         pin_memory=device.type == 'cuda', worker_init_fn=seed_worker,
                         generator=torch.Generator().manual_seed(cfg['seed']))
-    scaler = torch.amp.GradScaler('cuda', enabled=amp == torch.float16)  # bfloat16 needs no loss scaling
+    scaler = grad_scaler(amp)
     records = RunRecords(run_dir, log, cfg, start, enabled=is_main)
 
     def checkpoint(name, iteration):

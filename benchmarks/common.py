@@ -52,32 +52,26 @@ def timed_side_by_side(fns, device, repeats, warmup=1):
     return best
 
 
-def make_step(cfg, device, image, label, amp=False, channels_last=False, nets=None):
-    """A closure doing one dual training step on a fixed batch as train.py's loop does: both networks and every
-    loss term of cfg under autocast in amp_dtype(device) when amp (with the gradient scaler for float16), networks
-    and input in channels_last_3d when channels_last, one backward, both SGD steps. It returns the step's loss
-    record (train.dual_losses), detached. nets: {'net_a', 'net_b'} to train (default: new ones from cfg)."""
+def step_on_batch(cfg, device, image, label, amp=False, channels_last=False, nets=None):
+    """A closure doing one training step on a fixed batch through train.train_step, the step train.py's loop
+    runs (so a benchmark times what training does, not a copy that can drift from it): networks, optimisers
+    and gradient scaler are built once, as train.py builds them; autocast in amp_dtype(device) when amp;
+    networks and input in channels_last_3d when channels_last; every loss term at its full ramp (iteration
+    max_iterations). It returns the step's loss record, detached. nets: build_networks' dict to train
+    (default: new ones from cfg); step.nets holds them."""
     nets = train.build_networks(cfg, device) if nets is None else nets
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
     for net in nets.values():
         net.to(memory_format=memory_format)
     image = image.contiguous(memory_format=memory_format)
     dtype = amp_dtype(device) if amp else None
-    scaler = torch.amp.GradScaler('cuda', enabled=dtype == torch.float16)
-    opts = [torch.optim.SGD(nets[n].parameters(), lr=cfg['base_lr'], momentum=0.9, weight_decay=1e-4)
-            for n in ('net_a', 'net_b')]
+    optimizers = train.build_optimizers(cfg, nets)
+    scaler = train.grad_scaler(dtype)
     gen = torch.Generator(device=device).manual_seed(0)
 
     def step():
-        with torch.autocast(torch.device(device).type, dtype=dtype, enabled=amp):
-            loss, record, _ = train.dual_losses(nets['net_a'](image), nets['net_b'](image), label, cfg,
-                                                cfg['max_iterations'], gen, 1)
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        for opt in opts:
-            scaler.step(opt)
-        scaler.update()
+        _, record, _ = train.train_step(nets, optimizers, scaler, image, label, cfg, cfg['max_iterations'], gen,
+                                        amp=dtype)
         return {k: v.detach() for k, v in record.items()}
     step.nets = nets
     return step

@@ -12,8 +12,10 @@ Steps (all run in one process, except the tests):
              ratios to float32, the dual / pair-sup overhead, and the projected time of 6000 iterations; the
              untrained networks' output biases are shifted so both classes are predicted (else L_con is 0)
   inference  one LA-size volume (180x140x88) at the LA stride 18/4 with the float32-trained pair (or --checkpoint):
-             seconds on the device in float32 and with --amp --channels_last, and the share of voxels whose label
-             equals the CPU's float32 label map (check: >= 0.999 for float32)
+             seconds on the device in float32 and with --amp --channels_last (test_single_case, as test.py
+             segments), and the share of voxels whose label equals the CPU float32 label map of another
+             implementation, the lineage's per-window loop (benchmarks.lineage), so that with --gpu -1 too the
+             check compares two paths (check: >= 0.999 for float32)
 --deterministic 0 (the default here) sets torch.backends.cudnn.benchmark = True, as train.py does. Exit status 1
 when a check fails (a test, a non-finite loss, the agreement), 2 for bad arguments.
 """
@@ -32,7 +34,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 import train
-from benchmarks.common import SETTINGS, SUPERVISED_ONLY, make_step, sync
+from benchmarks.common import SETTINGS, SUPERVISED_ONLY, step_on_batch, sync
+from benchmarks.lineage import per_window_loop
 from dataloaders.synthetic import make_phantom
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.config import amp_dtype, select_device
@@ -152,7 +155,7 @@ def check_training(args, device):
     for name, amp, channels_last, run_cfg in runs:
         torch.manual_seed(0)  # the same initial weights in every setting
         nets = calibrated(train.build_networks(run_cfg, device), image)
-        step = make_step(run_cfg, device, image, label, amp=amp, channels_last=channels_last, nets=nets)
+        step = step_on_batch(run_cfg, device, image, label, amp=amp, channels_last=channels_last, nets=nets)
         seconds, peak, finite, record, con_steps = time_steps(step, device, args.warmup, args.iterations)
         rows[name] = dict(seconds_per_iteration=seconds, peak_mib=peak, finite=finite, last_terms=record,
                           contrastive_steps=con_steps, projected_hours=seconds * PAPER_ITERATIONS / 3600)
@@ -196,12 +199,16 @@ def check_inference(args, device, trained):
         segment(device, amp, channels_last)  # warm-up (cudnn.benchmark tunes here)
         pred, seconds = segment(device, amp, channels_last)
         rows[name] = dict(seconds=seconds, pred=pred)
+    # The reference is another implementation, the lineage's per-window loop, in float32 on the CPU: with
+    # --gpu -1 the device's float32 row is then a check of test_single_case, not a label map against itself.
     for net in nets:
         net.to('cpu')
-    cpu_pred, cpu_seconds = segment(torch.device('cpu'), False, False)
+    t0 = time.perf_counter()
+    cpu_pred = per_window_loop(nets, volume, stride_xy, stride_z, patch, 2, torch.device('cpu'), grad=False)[0]
+    rows['cpu float32'] = dict(seconds=time.perf_counter() - t0, agreement_with_cpu=1.0)
     for row in rows.values():
-        row['agreement_with_cpu'] = float((row.pop('pred') == cpu_pred).mean())
-    rows['cpu float32'] = dict(seconds=cpu_seconds, agreement_with_cpu=1.0)
+        if 'pred' in row:
+            row['agreement_with_cpu'] = float((row.pop('pred') == cpu_pred).mean())
     return dict(volume=list(volume.shape), patch=list(patch), stride=[stride_xy, stride_z], rows=rows,
                 ok=rows['float32']['agreement_with_cpu'] >= 0.999)
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.speed --la_root data/LA                         # CPU-sized defaults
     python -m benchmarks.speed --la_root data/LA --gpu 0 --patch_size 112,112,80 --n_filters 16
-    python -m benchmarks.speed ... --checkpoint benchmarks/cache/la_cpu_runs/dual_seed1337/final.pth
+    python -m benchmarks.speed ... --checkpoint benchmarks/cache/la_study_runs/dual_seed1337/final.pth
     python -m benchmarks.speed --sections precision --repeats 5          # float32 / amp / channels-last
 
 Sections (each prints its own lines; the closing table collects the ratios):
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 import train
-from benchmarks.common import SETTINGS, SUPERVISED_ONLY, make_step, timed, timed_side_by_side
+from benchmarks.common import SETTINGS, SUPERVISED_ONLY, step_on_batch, timed, timed_side_by_side
 from benchmarks.lineage import per_window_loop
 from dataloaders import Compose, H5Dataset, IterationBatchSampler, RandomCrop, ToTensor, TwoStreamBatchSampler
 from utils.checkpoint import load_checkpoint, load_weights
@@ -70,8 +70,8 @@ def bench_step(args, device, results):
     full, sup = train_config(args), train_config(args, **SUPERVISED_ONLY)
     image, label = random_batch(full, device)
     fast = dict(amp=args.amp, channels_last=args.channels_last)
-    t_full = timed(make_step(full, device, image, label, **fast), device, args.repeats)
-    t_sup = timed(make_step(sup, device, image, label, **fast), device, args.repeats)
+    t_full = timed(step_on_batch(full, device, image, label, **fast), device, args.repeats)
+    t_sup = timed(step_on_batch(sup, device, image, label, **fast), device, args.repeats)
     print(f'step: full dual {t_full:.3f} s, supervised-only pair {t_sup:.3f} s')
     results['step: full dual / supervised-only pair'] = (t_full / t_sup, '<= 1.15')
     return t_full
@@ -166,7 +166,7 @@ def bench_precision(args, device, results):
     steps = {}
     for name, amp, channels_last in SETTINGS:
         torch.manual_seed(0)  # the same initial weights in every setting
-        steps[name] = make_step(cfg, device, image, label, amp=amp, channels_last=channels_last)
+        steps[name] = step_on_batch(cfg, device, image, label, amp=amp, channels_last=channels_last)
     t_step = timed_side_by_side(steps, device, args.repeats)
 
     nets = [n.eval() for n in train.build_networks(cfg, device).values()]
@@ -219,7 +219,7 @@ def memory_probe(args):
     device = select_device(args.gpu)
     cfg = train_config(args, lambda_con=float(args._memory_probe))
     image, label = random_batch(cfg, device)
-    step = make_step(cfg, device, image, label, amp=args.amp, channels_last=args.channels_last)
+    step = step_on_batch(cfg, device, image, label, amp=args.amp, channels_last=args.channels_last)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     step()
@@ -235,7 +235,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument('--la_root', default='benchmarks/cache/scale0.5',
-                   help='an LA-layout folder (la_cpu.py writes the half-resolution one)')
+                   help='an LA-layout folder (la_study.py writes the half-resolution one)')
     p.add_argument('--gpu', default='-1')
     p.add_argument('--patch_size', type=parse_patch, default=(64, 64, 32))
     p.add_argument('--n_filters', type=int, default=8)

@@ -1,4 +1,4 @@
-"""The run pictures of utils.plot (curves.png, cases.png) and benchmarks/plot_la_cpu.py, on small made-up CSVs:
+"""The run pictures of utils.plot (curves.png, cases.png) and benchmarks/plot_la_study.py, on small made-up CSVs:
 real PNGs of the expected size, from a finished and from an unfinished run, and one line when matplotlib is
 missing."""
 import csv
@@ -26,6 +26,20 @@ def load_benchmark(name):
 
 def png_shape(path):
     return pytest.importorskip('matplotlib.image').imread(path).shape
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Every matplotlib Figure saved during the test, in order, so a test can read back what was drawn (the
+    PNG's size says nothing about its content)."""
+    figure = pytest.importorskip('matplotlib.figure')
+    saved, savefig = [], figure.Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        saved.append(fig)
+        return savefig(fig, *args, **kwargs)
+    monkeypatch.setattr(figure.Figure, 'savefig', record)
+    return saved
 
 
 def write_run(folder, method, rows, max_iterations, cut_last_line=False):
@@ -57,6 +71,35 @@ def test_curves_of_a_finished_and_an_unfinished_run(tmp_path, method, size):
     assert not (tmp_path / 'finished' / 'cases.png').exists()  # no test_cases.csv yet
 
 
+def test_curves_draw_each_column_under_its_name(tmp_path, saved_figures):
+    """The lines of curves.png are the CSV's columns: x the iterations, y the column's moving average (the
+    flags' schedules as they are), each labelled with its column's name. Bugs caught: a term drawn under
+    another's label, an x axis shifted by one, a smoothing window off, a panel missing a column."""
+    run = write_run(tmp_path / 'run', 'dual', 120, 120)
+    assert plot.main([str(run)]) == 0
+    columns = plot.read_iterations(run / 'iterations.csv')
+    smooth = 120 // 50
+    fig = saved_figures[0]
+    panels = plot.curve_panels(columns)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == len(panels) == 7
+    for ax, (_, names, kind) in zip(axes, panels):
+        drawn = {line.get_label(): line for line in ax.lines if not line.get_label().startswith('_')}
+        if kind == 'wins':
+            share = plot.moving_average(columns['winner'], 12)
+            assert np.allclose(drawn['network A'].get_ydata(), share)
+            assert np.allclose(drawn['network B'].get_ydata(), 1 - share)
+            assert columns['winner'].mean() == pytest.approx(2 / 3)  # network A wins two rows in three
+            continue
+        assert list(drawn) == [plot.LEGEND.get(n, n) for n in names]
+        for name in names:
+            line = drawn[plot.LEGEND.get(name, name)]
+            window = 1 if kind in ('schedule', 'ramp') else smooth
+            assert list(line.get_xdata()) == list(range(120)), name
+            assert np.allclose(line.get_ydata(), plot.moving_average(columns[name], window)), name
+            assert window == 1 or not np.allclose(line.get_ydata(), columns[name])  # smoothed, not raw
+
+
 def test_cases_png_with_an_empty_prediction(tmp_path):
     run = write_run(tmp_path / 'run', 'dual', 5, 5)
     with open(run / 'test_cases.csv', 'w', newline='') as f:
@@ -82,8 +125,11 @@ def test_plot_of_a_folder_without_csv_is_one_line(tmp_path):
     assert str(stop.value.code).startswith('error: ') and 'iterations.csv' in stop.value.code
 
 
-def test_la_cpu_paired_dice_figure(tmp_path, capsys):
-    plot_la_cpu = load_benchmark('plot_la_cpu')
+def test_la_study_paired_dice_figure(tmp_path, capsys, saved_figures):
+    """Each panel puts the baseline's Dice on x and dual's on y, one point per case and seed. Bugs caught:
+    the axes swapped (dual would look worse where it is better), a seed's points dropped, or a point paired with
+    another case's or seed's Dice."""
+    plot_la_study = load_benchmark('plot_la_study')
     runs = tmp_path / 'runs'
     dice = {'dual': [0.8, 0.6, 0.0], 'pairsup': [0.7, 0.65, 0.0], 'mt': [0.9, 0.7, 0.01]}
     for method, values in dice.items():
@@ -93,16 +139,21 @@ def test_la_cpu_paired_dice_figure(tmp_path, capsys):
             (folder / 'test_cases.csv').write_text('case,dice,jaccard,hd95,asd\n' + ''.join(
                 f'case{i},{v},{v},1.0,1.0\n' for i, v in enumerate(values)))
     out = tmp_path / 'docs' / 'la_cpu_paired.png'
-    assert plot_la_cpu.main([str(runs), '--out', str(out)]) == 0
+    assert plot_la_study.main([str(runs), '--out', str(out)]) == 0
     # pair-sup before mt (the README's order); 6 case-seed pairs each, seeds pooled
     assert capsys.readouterr().out.splitlines()[:2] == [
         'vs pairsup: mean +1.67 points, dual better in 2 of 6 case-seed pairs',
         'vs mt: mean -7.00 points, dual better in 0 of 6 case-seed pairs']
     assert png_shape(out)[:2] == (510, 840)  # two 4.2-inch panels
+    for ax, baseline in zip(saved_figures[0].axes, ('pairsup', 'mt')):
+        assert ax.get_xlabel() == f'{plot_la_study.SHORT.get(baseline, baseline)} Dice (%)'
+        for seed_points in ax.collections:  # one scatter per seed, cases in the file's order
+            assert np.allclose(seed_points.get_offsets(), 100 * np.array([dice[baseline], dice['dual']]).T)
+        assert len(ax.collections) == 2
 
     (runs / 'dual_seed2' / 'test_cases.csv').unlink()
     (runs / 'dual_seed1337' / 'test_cases.csv').unlink()
     with pytest.raises(SystemExit) as stop:
-        plot_la_cpu.main([str(runs), '--out', str(out)])
+        plot_la_study.main([str(runs), '--out', str(out)])
     assert str(stop.value.code).startswith('error: ') and 'no dual_seed' in stop.value.code
     assert '\n' not in stop.value.code

@@ -180,21 +180,57 @@ def test_readme_results_numbers_are_in_the_record():
     assert not numbers - record, f'not in docs/results.md: {sorted(numbers - record)}'
 
 
-def test_la_cpu_benchmark_runs_on_phantoms(phantoms, tmp_path):
-    """The accuracy benchmark end to end, tiny: 2 methods, 2 iterations, on the phantoms' train/test lists."""
+def la_study(*argv, timeout=600):
+    return run([sys.executable, '-m', 'benchmarks.la_study', *map(str, argv)], timeout=timeout)
+
+
+def test_la_study_full_protocol_at_tiny_size_reuses_only_runs_of_the_same_settings(phantoms, tmp_path):
+    """The GPU protocol's command (--standard --scale 1 --n_filters --patch_size --iterations --stride_xy
+    --stride_z --gpu --seeds) end to end at tiny size on the phantoms: the four methods trained and tested,
+    then run again. Bugs caught: a finished run retrained, or reused although it was trained under other
+    settings (a default changed since, or another --iterations), which would report the old setting's Dice
+    under the new name."""
     out = tmp_path / 'runs'
-    done = run([sys.executable, '-m', 'benchmarks.la_cpu', '--la_root', str(phantoms), '--standard', '--scale', '1',
-                '--patch_size', '16,16,16', '--stride_xy', '16', '--stride_z', '16', '--n_filters', '2',
-                '--iterations', '2', '--labelnum', '4', '--methods', 'pairsup,dual', '--num_workers', '0',
-                '--cache', str(tmp_path / 'cache'), '--out', str(out)], timeout=600)
+    protocol = ['--la_root', phantoms, '--standard', '--scale', 1, '--n_filters', 2, '--patch_size', '16,16,16',
+                '--iterations', 2, '--stride_xy', 16, '--stride_z', 16, '--gpu', -1, '--seeds', 1337]
+    tiny = ['--labelnum', 4, '--num_workers', 0, '--jobs', 2, '--cache', tmp_path / 'cache', '--out', out]
+    done = la_study(*protocol, *tiny)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert '| dual |' in done.stdout and '| dual | pairsup |' in done.stdout
+    for row in ('| sup |', '| pairsup |', '| mt |', '| dual |', '| dual | pairsup |', '| dual (A) | sup |'):
+        assert row in done.stdout, row
     summary = json.loads((out / 'summary.json').read_text())['results']
-    assert set(summary) == {'pairsup', 'dual', 'pairsup (A)', 'dual (A)'}
+    assert set(summary) == {'sup', 'pairsup', 'mt', 'dual', 'pairsup (A)', 'dual (A)'}
     assert 0 <= summary['dual']['dice'][0] <= 100
     low, high = summary['dual']['minus_pairsup']['ci95']
     assert low <= summary['dual']['minus_pairsup']['mean'] <= high
+    dual = json.loads((out / 'dual_seed1337' / 'config.json').read_text())
+    assert (dual['method'], dual['filter'], dual['ramp_unsup'], dual['lambda_urps']) == ('dual', 'global', 0, 1.0)
+    pairsup = json.loads((out / 'pairsup_seed1337' / 'config.json').read_text())
+    assert [pairsup[k] for k in ('alpha_mc', 'lambda_reg', 'lambda_urps', 'lambda_cps', 'lambda_con')] == [0] * 5
     assert (out / 'dual_seed1337' / 'nets_a' / 'test_cases.csv').is_file()
+
+    # the same command again reuses every run: nothing is retrained or re-evaluated
+    final = out / 'dual_seed1337' / 'final.pth'
+    stamp = final.stat().st_mtime_ns
+    again = la_study(*protocol, *tiny)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert final.stat().st_mtime_ns == stamp
+    assert again.stdout.split('\n\n', 1)[1] == done.stdout.split('\n\n', 1)[1]  # the same tables
+
+    # a run trained before a default changed (here the filter) is refused in one line, not reused
+    config = out / 'dual_seed1337' / 'config.json'
+    config.write_text(json.dumps({**dual, 'filter': 'classwise'}))
+    stale = la_study(*protocol, *tiny)
+    assert stale.returncode != 0 and stale.stderr.count('\n') == 1, stale.stderr
+    assert 'dual_seed1337' in stale.stderr and 'filter "classwise", now "global"' in stale.stderr
+    assert final.stat().st_mtime_ns == stamp
+    config.write_text(json.dumps(dual))
+    # and so is every run for another budget, before anything is trained
+    sup_stamp = (out / 'sup_seed1337' / 'final.pth').stat().st_mtime_ns
+    longer = la_study(*protocol, *tiny, '--iterations', 3)
+    assert longer.returncode != 0 and longer.stderr.count('\n') == 1, longer.stderr
+    assert 'sup_seed1337' in longer.stderr and 'max_iterations 2, now 3' in longer.stderr
+    assert (out / 'sup_seed1337' / 'final.pth').stat().st_mtime_ns == sup_stamp
 
     # --versus pairs each run with its twin in another folder: there, dual's Dice is 1 point lower everywhere
     other = tmp_path / 'other'
@@ -207,11 +243,8 @@ def test_la_cpu_benchmark_runs_on_phantoms(phantoms, tmp_path):
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    cmd = [sys.executable, '-m', 'benchmarks.la_cpu', '--la_root', str(phantoms), '--standard', '--scale', '1',
-           '--patch_size', '16,16,16', '--stride_xy', '16', '--stride_z', '16', '--n_filters', '2',
-           '--iterations', '2', '--labelnum', '4', '--methods', 'pairsup,dual', '--num_workers', '0',
-           '--cache', str(tmp_path / 'cache'), '--out', str(out)]
-    done = run(cmd + ['--versus', str(other), '--baselines', 'mt'], timeout=600)
+    pair = ['--methods', 'pairsup,dual']
+    done = la_study(*protocol, *tiny, *pair, '--versus', other, '--baselines', 'mt')
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((out / 'summary.json').read_text())['results']
     assert 'minus_pairsup' not in results['dual']  # pairsup is not among --baselines this time
@@ -219,14 +252,8 @@ def test_la_cpu_benchmark_runs_on_phantoms(phantoms, tmp_path):
     assert versus['dual']['mean'] == pytest.approx(1.0) and versus['dual (A)']['mean'] == pytest.approx(1.0)
     assert versus['dual']['wins'] == versus['dual']['pairs'] and versus['pairsup']['mean'] == 0
     shutil.rmtree(other / 'pairsup_seed1337')
-    missing = run(cmd + ['--versus', str(other)], timeout=600)
+    missing = la_study(*protocol, *tiny, *pair, '--versus', other)
     assert missing.returncode != 0 and missing.stderr.count('\n') == 1 and 'pairsup_seed1337' in missing.stderr
-
-    # a finished run is not silently reused for other settings
-    again = run([sys.executable, '-m', 'benchmarks.la_cpu', '--la_root', str(phantoms), '--standard', '--scale', '1',
-                 '--patch_size', '16,16,16', '--n_filters', '2', '--iterations', '3', '--labelnum', '4',
-                 '--methods', 'dual', '--cache', str(tmp_path / 'cache'), '--out', str(out)], timeout=600)
-    assert again.returncode != 0 and 'pass another --out' in again.stderr
 
     # the pseudo-label audit reads the dual run; percentages and volume ratios are in range
     audit = run([sys.executable, '-m', 'benchmarks.pseudo_labels',
@@ -240,17 +267,56 @@ def test_la_cpu_benchmark_runs_on_phantoms(phantoms, tmp_path):
     assert refused.returncode != 0 and refused.stderr.count('\n') == 1 and 'config.json' in refused.stderr
 
 
-def test_speed_benchmark_runs_on_phantoms(phantoms):
+def printed_ratio_agrees(ratio, numerator, denominator, step):
+    """Whether a ratio printed to 3 decimals can be numerator / denominator, both printed to `step` (0.01 for
+    two decimals): the interval the roundings leave, not an exact quotient."""
+    low = (numerator - step / 2) / (denominator + step / 2) - 5e-4
+    high = (numerator + step / 2) / max(denominator - step / 2, 1e-12) + 5e-4
+    return low <= ratio <= high
+
+
+def test_speed_benchmark_ratios_are_the_printed_times_divided(phantoms):
+    """Every ratio in the closing table is positive and is the quotient of the times (or rates, peaks) its
+    section printed, with the right reference. Bugs caught: a ratio inverted (reference over setting), taken
+    against the wrong reference (say amp over channels_last), or a section timing nothing (0 s, inf)."""
     done = run([sys.executable, '-m', 'benchmarks.speed', '--la_root', str(phantoms), '--patch_size', '16,16,16',
                 '--n_filters', '2', '--stride_xy', '16', '--stride_z', '16', '--repeats', '1', '--data_batches', '2',
                 '--num_workers', '0', '--labelnum', '4'], timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    for ratio in ('step: full dual / supervised-only pair', 'inference: test_single_case / naive no_grad',
-                  'data: loader samples/s / step samples/s', 'memory: with / without contrastive',
-                  'precision: dual step, amp + channels_last / float32',
-                  'precision: inference, amp + channels_last / float32'):
-        assert f'| {ratio} |' in done.stdout
-    assert '| amp + channels_last |' in done.stdout  # the side-by-side table of the four settings
+    out = done.stdout
+    ratios = dict(re.findall(r'^\| ([a-z][^|]*?) \| ([0-9.]+) \| [^|]+ \|$', out, re.M))
+    ratios = {k: float(v) for k, v in ratios.items()}
+    assert len(ratios) == 12 and all(0 < v < math.inf for v in ratios.values()), ratios
+
+    full, pair = map(float, re.search(r'step: full dual ([0-9.]+) s, supervised-only pair ([0-9.]+) s', out).groups())
+    assert printed_ratio_agrees(ratios['step: full dual / supervised-only pair'], full, pair, 1e-3)
+    windows, ours, naive, released, forward = map(float, re.search(
+        r'with (\d+) windows .* test_single_case ([0-9.]+) s, naive no_grad ([0-9.]+) s, released ([0-9.]+) s, '
+        r'one forward ([0-9.]+) s', out).groups())
+    assert printed_ratio_agrees(ratios['inference: test_single_case / naive no_grad'], ours, naive, 1e-2)
+    assert printed_ratio_agrees(ratios['inference: test_single_case / released loop'], ours, released, 1e-2)
+    assert printed_ratio_agrees(ratios['inference: test_single_case / (windows x forward)'], ours,
+                                windows * forward, windows * 1e-3 + 1e-2)
+    delivered, consumed = map(float, re.search(r'data: .* ([0-9.]+) samples/s, a step consumes ([0-9.]+)',
+                                               out).groups())
+    assert printed_ratio_agrees(ratios['data: loader samples/s / step samples/s'], delivered, consumed, 0.1)
+    with_con, without = map(float, re.search(r'memory: with contrastive (\d+), without contrastive (\d+)',
+                                             out).groups())
+    assert printed_ratio_agrees(ratios['memory: with / without contrastive'], with_con, without, 1)
+
+    # the side-by-side table: each setting's ratio is its time over float32's, and the closing table repeats it
+    table = {m[0]: [float(v) for v in m[1:]] for m in re.findall(
+        r'^\| (float32|amp|channels_last|amp \+ channels_last) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \| '
+        r'([0-9.]+) \| ([0-9.]+) \|$', out, re.M)}
+    assert list(table) == ['float32', 'amp', 'channels_last', 'amp + channels_last']
+    assert table['float32'][1] == table['float32'][3] == 1 and table['float32'][4] == 1  # labels equal to its own
+    for name, (step_s, step_ratio, infer_s, infer_ratio, agree) in table.items():
+        assert printed_ratio_agrees(step_ratio, step_s, table['float32'][0], 1e-3), name
+        assert printed_ratio_agrees(infer_ratio, infer_s, table['float32'][2], 1e-2), name
+        assert 0.9 < agree <= 1, name  # bfloat16 changes a few labels of untrained networks, not most
+        if name != 'float32':
+            assert ratios[f'precision: dual step, {name} / float32'] == step_ratio
+            assert ratios[f'precision: inference, {name} / float32'] == infer_ratio
 
 
 def user_facing_files():
@@ -283,6 +349,9 @@ def test_benchmarks_run_as_modules_without_path_edits():
 
 
 def test_gpu_check_quick_runs_every_step_on_the_cpu(tmp_path):
+    """Every step at tiny size on the CPU. The inference check compares test_single_case with the lineage's
+    per-window loop, so a sliding window that goes wrong on the CPU too (say one that averages network A only)
+    fails it here, not only on a GPU."""
     out = tmp_path / 'gpu_check.json'
     done = run([sys.executable, '-m', 'benchmarks.gpu_check', '--quick', '--gpu', '-1', '--out', str(out)], timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -307,18 +376,52 @@ def test_gpu_check_without_a_gpu_says_so_in_one_line():
     assert done.returncode != 0 and done.stderr.count('\n') == 1 and '--quick' in done.stderr
 
 
-def test_la_cpu_methods_are_train_py_flags():
-    """Every benchmark variant is a valid train.py command line; {lr_step} becomes the study's lr step."""
-    from benchmarks.la_cpu import METHODS, method_flags
-    from train import build_parser
-    for method in METHODS:
-        build_parser().parse_args(method_flags(method, 166))
-    flags = method_flags('dual-short-ramp', 166)
-    assert flags[flags.index('--rampup') + 1] == '166'
+def test_la_study_names_the_four_methods_and_takes_other_settings_as_variants():
+    """Bugs caught: a method that is not what its name says (pairsup with an unsupervised term left on, dual
+    other than train.py's defaults), a variant's flags dropped or overriding the study's seed or budget."""
+    from benchmarks.la_study import METHODS, owned_dests, parse_variant, train_argv
+    from utils.cli import UsageError
+    assert list(METHODS) == ['sup', 'pairsup', 'mt', 'dual']
+    study = argparse.Namespace(patch_size='16,16,16', n_filters=2, gpu='-1', labelnum=4, iterations=12, lr_step=5,
+                               num_workers=0, channels_last=None, amp=False)
+
+    def resolved(flags):
+        return train.parse_args(train_argv(flags, 7, '/data', study, Path('/runs/x')))
+    dual = resolved(METHODS['dual'])
+    assert dual == resolved([])  # nothing on top of train.py's defaults
+    assert (dual['seed'], dual['max_iterations'], dual['lr_step'], dual['root_path']) == (7, 12, 5, '/data')
+    unsup = ('alpha_mc', 'lambda_reg', 'lambda_urps', 'lambda_cps', 'lambda_con')
+    pairsup = resolved(METHODS['pairsup'])
+    assert all(pairsup[k] == 0 for k in unsup) and all(dual[k] > 0 for k in unsup)
+    assert {k for k in dual if dual[k] != pairsup[k]} == set(unsup)
+    assert resolved(METHODS['sup'])['method'] == 'sup' and resolved(METHODS['mt'])['method'] == 'mt'
+
+    owned = owned_dests(study)
+    name, flags = parse_variant("dual-ramp=--method dual --ramp_unsup 1 --filter 'classwise'", owned)
+    assert name == 'dual-ramp' and {k for k in dual if resolved(flags)[k] != dual[k]} == {'ramp_unsup', 'filter'}
+    for text, says in (('dual=--ramp_unsup 1', 'four methods'), ('x=--seed 3', '--seed'),
+                       ('x=--max_iter 10', '--max_iterations'), ('x=--amp', '--amp'), ('x=--no_such 1', 'no_such'),
+                       ('x --ramp_unsup 1', 'NAME='), ('a/b=--amp', '"/"')):
+        with pytest.raises(UsageError, match=re.escape(says)) as error:
+            parse_variant(text, owned)
+        assert '\n' not in str(error.value)
+
+
+def test_la_study_evaluates_again_at_other_strides_or_precision(tmp_path):
+    """Bug caught: a test_summary.json of another --stride_xy, --stride_z or --amp reported as this study's."""
+    from benchmarks.la_study import evaluated
+    study = argparse.Namespace(stride_xy=16, stride_z=8, amp=False)
+    assert not evaluated(tmp_path, study)  # nothing evaluated yet
+    for settings, same in ((dict(stride_xy=16, stride_z=8, amp=False), True),
+                           (dict(stride_xy=18, stride_z=8, amp=False), False),
+                           (dict(stride_xy=16, stride_z=4, amp=False), False),
+                           (dict(stride_xy=16, stride_z=8, amp=True), False)):
+        (tmp_path / 'test_summary.json').write_text(json.dumps({'settings': {**settings, 'nets': ['a', 'b']}}))
+        assert evaluated(tmp_path, study) == same, settings
 
 
 def test_paired_difference_intervals_over_cases_and_over_seeds():
-    from benchmarks.la_cpu import paired_difference
+    from benchmarks.la_study import paired_difference
     cases = [f'c{i}' for i in range(20)]
 
     def runs(per_seed):  # one {case: metrics} per seed, Dice = the given fraction plus a case term

@@ -434,7 +434,8 @@ def test_a_new_logged_value_gets_its_csv_column(phantoms, tmp_path, monkeypatch)
     train.main(args(phantoms, run, max_iterations=2))
     rows = read_csv(run / 'iterations.csv')
     columns = ITERATION_COLUMNS['dual']
-    assert list(rows[0]) == ['iteration', *columns[:17], 'new_term', *columns[17:], 'new_extra']
+    record_end = columns.index('reliable_fg') + 1  # the record's columns, then the extra values
+    assert list(rows[0]) == ['iteration', *columns[:record_end], 'new_term', *columns[record_end:], 'new_extra']
     assert [r['new_extra'] for r in rows] == ['x', 'x']
     assert [float(r['new_term']) for r in rows] == pytest.approx([2 * float(r['loss']) for r in rows], rel=1e-5)
     assert 'new_term ' in (run / 'log.txt').read_text()

@@ -1,22 +1,32 @@
-"""Does the dual network beat its baselines on real LA data? A CPU-sized version of the LA protocol.
+"""Does the dual network beat its baselines on LA? One study, CPU-sized by default, the paper's protocol at full size.
 
-    python -m benchmarks.la_cpu --la_root data/LA              # development split: a train.list of 80 ids
-    python -m benchmarks.la_cpu --la_root data/LA --standard   # the standard train.list/test.list
+    python -m benchmarks.la_study --la_root data/LA              # development split: a train.list of 80 ids
+    python -m benchmarks.la_study --la_root data/LA --standard   # the standard train.list/test.list
+    python -m benchmarks.la_study --la_root data/LA --variant dual-ramp='--method dual --ramp_unsup 1'
 
-Resamples every volume (image linear, label nearest neighbour; cached), trains sup, pair-sup (dual with
-every unsupervised weight 0), mt and dual with the same labeled volumes and iteration budget through
-train.py, evaluates each final checkpoint through test.py (dual runs also with network A alone), and
-prints one table plus, for every dual variant against every baseline, the paired per-case Dice difference
-pooled over case-seed pairs with 95 % bootstrap intervals (cases resampled; seeds and cases resampled) and
-the win count.
+The full protocol, what a GPU user runs to decide for themselves which method and which option helps (the
+CPU-sized defaults suggest; at 400-800 iterations and n_filters 4-8 they cannot decide):
+
+    python -m benchmarks.la_study --la_root data/LA --standard --scale 1 --n_filters 16 --patch_size 112,112,80 --iterations 6000 --stride_xy 18 --stride_z 4 --gpu 0 --seeds 1337,2,3
+
+Resamples every volume by --scale (image linear, label nearest neighbour; cached), trains the four methods
+with the same labeled volumes and iteration budget through train.py: sup (a V-Net on the labels alone),
+pairsup (dual with every unsupervised weight 0), mt (mean teacher) and dual (train.py's defaults: the
+paper's method); any other setting is a --variant NAME='train.py flags'. Each final checkpoint is evaluated
+through test.py (dual-method runs also with network A alone), and one table is printed plus, for every
+method that is not a baseline against every baseline, the paired per-case Dice difference pooled over
+case-seed pairs with 95 % bootstrap intervals (cases resampled; seeds and cases resampled) and the win count.
 Development split (the default): first --labelnum ids of train.list labeled, the rest of the first 60
-unlabeled, ids 61-80 as the test set. Finished runs are reused, so a stopped study resumes where it was;
---jobs 2 trains two runs at a time with one thread each.
+unlabeled, ids 61-80 as the test set. A finished run is reused only when its config.json holds the settings
+this command would train it with, every one that defines a run (train.py's run keys); a run of other
+settings stops the study with one line naming it, so a stopped study resumes where it was and a changed
+default never passes for the old one. --jobs 2 trains two runs at a time with one thread each.
 """
 import argparse
 import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -27,55 +37,48 @@ import h5py
 import numpy as np
 from scipy import ndimage
 
+import train
+from benchmarks.common import SUPERVISED_ONLY
 from dataloaders import read_list
 from dataloaders.datasets import LA_SUBDIR
 from utils.cli import UsageError, run_cli
+from utils.config import run_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Extra train.py flags of each method; pair-sup is dual with every unsupervised weight 0.
+# The four methods, as train.py flags on top of its defaults; pairsup is dual with every unsupervised weight 0
+# (the pair-sup the speed benchmarks time).
 METHODS = {
     'sup': ['--method', 'sup'],
-    'pairsup': ['--method', 'dual', '--alpha_mc', '0', '--lambda_reg', '0', '--lambda_urps', '0',
-                '--lambda_cps', '0', '--lambda_con', '0'],
+    'pairsup': ['--method', 'dual', *[w for k, v in SUPERVISED_ONLY.items() for w in (f'--{k}', str(v))]],
     'mt': ['--method', 'mt'],
-    'dual': ['--method', 'dual'],  # train.py's defaults
-    # Until 2026-11-26 the defaults trained L_urps (--lambda_urps 1), so every variant of that time pins it.
-    # L_reg, L_urps and L_cps ramped in (ours) or at full weight from iteration 0 (the paper's)
-    'dual-ramp': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '1', '--lambda_urps', '1'],
-    'dual-ramp-global': ['--method', 'dual', '--filter', 'global', '--ramp_unsup', '1', '--lambda_urps', '1'],
-    # The L_cps filter (global is the paper's; classwise and none are ours), without the ramp
-    'dual-global': ['--method', 'dual', '--filter', 'global', '--ramp_unsup', '0', '--lambda_urps', '1'],
-    'dual-classwise': ['--method', 'dual', '--filter', 'classwise', '--ramp_unsup', '0', '--lambda_urps', '1'],
-    'dual-none': ['--method', 'dual', '--filter', 'none', '--ramp_unsup', '0', '--lambda_urps', '1'],
-    # what the released code trains in effect: its L_cps and L_con carry no gradient
-    'dual-released': ['--method', 'dual', '--ramp_unsup', '0', '--lambda_urps', '1', '--lambda_cps', '0',
-                      '--lambda_con', '0'],
-    # the stored intensities, without per-volume normalisation
-    'sup-raw': ['--method', 'sup', '--normalize', 'none'],
-    'mt-raw': ['--method', 'mt', '--normalize', 'none'],
-    'dual-raw': ['--method', 'dual', '--normalize', 'none', '--lambda_urps', '1'],
-    # Leave-one-out ablations of dual-ramp: which unsupervised term helps or hurts.
-    'dual-no-mc': ['--method', 'dual', '--lambda_urps', '1', '--alpha_mc', '0'],
-    'dual-no-reg': ['--method', 'dual', '--lambda_urps', '1', '--lambda_reg', '0'],
-    'dual-no-urps': ['--method', 'dual', '--lambda_urps', '0'],
-    'dual-no-cps': ['--method', 'dual', '--lambda_urps', '1', '--lambda_cps', '0'],
-    'dual-no-con': ['--method', 'dual', '--lambda_urps', '1', '--lambda_con', '0'],
-    # L_urps at a third of the paper's weight: is it the term or its weight at this budget?
-    'dual-urps-0.3': ['--method', 'dual', '--lambda_urps', '0.3'],
-    # L_cps without its entropy filter: R = every voxel (tests whether the filter biases yhat's classes)
-    'dual-no-filter': ['--method', 'dual', '--lambda_urps', '1', '--uncertain_percent', '0'],
-    # The ramp over the whole run keeps the unsupervised terms under 20 % of their weight until the first lr
-    # step: ramped over the first lr step instead ({lr_step} is filled in per study), and the defaults
-    # without L_reg, which the leave-one-out above did not show to help.
-    'dual-short-ramp': ['--method', 'dual', '--rampup', '{lr_step}'],
-    'dual-no-urps-reg': ['--method', 'dual', '--lambda_reg', '0'],
+    'dual': ['--method', 'dual'],  # train.py's defaults: the paper's method
 }
 
 
-def method_flags(method, lr_step):
-    """train.py flags of a METHODS entry, with {lr_step} filled in."""
-    return [f.format(lr_step=lr_step) for f in METHODS[method]]
+def parse_variant(text, owned):
+    """('name', [train.py flags]) of a --variant NAME='flags'. Refused in one line: a name of the four
+    methods or not usable as a folder name, flags train.py does not take, or flags the study sets itself
+    (`owned`: train.py's dests it gives every run, such as seed and max_iterations)."""
+    name, sep, flags = text.partition('=')
+    if not sep or not name:
+        raise UsageError(f"--variant {text!r}: expected NAME='train.py flags'")
+    if name in METHODS or '/' in name or name.startswith('.') or '_seed' in name:
+        raise UsageError(f'--variant {name}: a name other than the four methods, without "/" or "_seed" '
+                         f'(it names the run folders <name>_seed<seed>)')
+    flags = shlex.split(flags)
+    parser = train.build_parser()
+
+    def refuse(message):
+        raise UsageError(f'--variant {name}: {message}')
+    parser.error = refuse  # a bad flag names the variant, in one line
+    # dests pre-filled with a marker keep it unless the flag is given (argparse leaves present attributes alone)
+    unset = object()
+    given = parser.parse_args(flags, argparse.Namespace(**dict.fromkeys(owned, unset)))
+    taken = sorted(k for k in owned if getattr(given, k) is not unset)
+    if taken:
+        refuse(f'sets {", ".join("--" + k for k in taken)}, which the study sets for every run')
+    return name, flags
 
 
 def build_cache(args):
@@ -106,24 +109,6 @@ def build_cache(args):
     return cache
 
 
-def flag_settings(flags):
-    """{'method': 'dual', 'filter': 'global', 'anneal_uncertain': True, ...} of a train.py flag list."""
-    settings, i = {}, 0
-    while i < len(flags):
-        has_value = i + 1 < len(flags) and not flags[i + 1].startswith('--')
-        settings[flags[i][2:]] = flags[i + 1] if has_value else True
-        i += 2 if has_value else 1
-    return settings
-
-
-def same(saved, wanted):
-    """A config.json value against a flag's text: 0.0 and '0' agree."""
-    try:
-        return float(saved) == float(wanted)
-    except (TypeError, ValueError):
-        return saved == wanted
-
-
 def run(cmd, log_path, threads):
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads)}
     with open(log_path, 'w') as log:
@@ -132,45 +117,85 @@ def run(cmd, log_path, threads):
         sys.exit(f'error: {" ".join(cmd[:3])} ... failed (exit {done.returncode}); see {log_path}')
 
 
-def train_and_test(method, seed, cache, args):
-    """Train one method with train.py and evaluate its final checkpoint with test.py (dual: also network A
-    alone, into nets_a/); returns ({case: metrics}, train seconds, {case: metrics of A alone} or None)."""
-    run_dir = Path(args.out) / f'{method}_seed{seed}'
-    common = ['--dataset', 'h5', '--root_path', str(cache), '--pattern', '{id}/mri_norm2.h5',
-              '--patch_size', args.patch_size, '--n_filters', str(args.n_filters), '--gpu', args.gpu,
-              '--labelnum', str(args.labelnum), '--seed', str(seed), '--snapshot_path', str(run_dir)]
-    settings = {'max_iterations': args.iterations, 'n_filters': args.n_filters, 'labelnum': args.labelnum,
-                'lr_step': args.lr_step, 'root_path': str(cache), 'amp': args.amp}
-    # train.py's and test.py's flags
-    fast = ([] if args.channels_last is None else ['--channels_last', str(args.channels_last)]) + ['--amp'] * args.amp
-    flags = method_flags(method, args.lr_step)
-    settings.update(flag_settings(flags))
-    if (run_dir / 'config.json').is_file():  # a finished run is reused only if it used these settings
-        saved = json.loads((run_dir / 'config.json').read_text())
-        # a flag newer than the run (absent from its config) counts as off, which is what the run trained with
-        stale = {k: saved.get(k) for k, v in settings.items() if not same(saved.get(k, False), v)}
-        if stale:
-            raise UsageError(f'{run_dir} was trained with {stale}, not {settings}; pass another --out')
+def fast_flags(args):
+    """train.py's and test.py's --channels_last and --amp as the study passes them (only when given)."""
+    return ([] if args.channels_last is None else ['--channels_last', str(args.channels_last)]) + ['--amp'] * args.amp
+
+
+def run_dir_of(name, seed, args):
+    return Path(args.out) / f'{name}_seed{seed}'
+
+
+def data_flags(seed, cache, args, run_dir):
+    """The flags train.py and test.py both get: data, networks, device, seed and run folder."""
+    return ['--dataset', 'h5', '--root_path', str(cache), '--pattern', '{id}/mri_norm2.h5',
+            '--patch_size', args.patch_size, '--n_filters', str(args.n_filters), '--gpu', args.gpu,
+            '--labelnum', str(args.labelnum), '--seed', str(seed), '--snapshot_path', str(run_dir)]
+
+
+def train_argv(flags, seed, cache, args, run_dir):
+    """train.py's argv of one run: the study's settings, then the method's or variant's own flags."""
+    return [*data_flags(seed, cache, args, run_dir), '--max_iterations', str(args.iterations),
+            '--lr_step', str(args.lr_step), '--num_workers', str(args.num_workers),
+            '--save_every', str(args.iterations), *fast_flags(args), *flags]
+
+
+def owned_dests(args):
+    """train.py's settings the study gives every run, which a --variant may not set: those of train_argv, and
+    --amp, --channels_last (passed only when given) and --resume (a study run starts from scratch)."""
+    words = train_argv([], 0, '.', args, Path('.'))
+    return {w[2:] for w in words if w.startswith('--')} | {'amp', 'channels_last', 'resume'}
+
+
+def check_reusable(run_dir, argv):
+    """Refuse, in one line, a run folder whose config.json differs from the settings `argv` trains: every
+    run key of train.py (what defines a run; where files are and how often to log do not), compared as JSON
+    (the saved config went through it: a tuple and its list agree); a key the saved config lacks, a flag newer
+    than the run, differs."""
+    saved = json.loads((run_dir / 'config.json').read_text())
+    cfg = train.parse_args(argv)
+    differ = [k for k in run_keys(train.build_parser())
+              if k not in saved or json.dumps(saved[k]) != json.dumps(cfg[k])]
+    if differ:
+        changes = ', '.join(f'{k} {json.dumps(saved[k]) if k in saved else "absent"}, now {json.dumps(cfg[k])}'
+                            for k in differ)
+        raise UsageError(f'{run_dir} was trained with other settings ({changes}); pass another --out or '
+                         f'remove the folder')
+
+
+def evaluated(out_dir, args):
+    """Whether out_dir holds test.py's results at this study's strides and precision; results of another
+    --stride_xy / --stride_z / --amp are evaluated again, not reported under these settings."""
+    path = out_dir / 'test_summary.json'
+    if not path.is_file():
+        return False
+    settings = json.loads(path.read_text())['settings']
+    return [settings.get(k) for k in ('stride_xy', 'stride_z', 'amp')] == [args.stride_xy, args.stride_z, args.amp]
+
+
+def train_and_test(name, flags, seed, cache, args):
+    """Train one method or variant with train.py (a finished run, checked by check_reusable, is reused) and
+    evaluate its final checkpoint with test.py (dual: also network A alone, into nets_a/); returns
+    ({case: metrics}, train seconds, {case: metrics of A alone} or None)."""
+    run_dir = run_dir_of(name, seed, args)
+    argv = train_argv(flags, seed, cache, args, run_dir)
     if not (run_dir / 'final.pth').is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        run([sys.executable, 'train.py', *common, *flags,
-             '--max_iterations', str(args.iterations), '--lr_step', str(args.lr_step),
-             '--num_workers', str(args.num_workers), '--save_every', str(args.iterations), *fast],
-            run_dir / 'train_stdout.txt', args.threads)
+        run([sys.executable, 'train.py', *argv], run_dir / 'train_stdout.txt', args.threads)
         seconds = time.time() - t0
         (run_dir / 'train_seconds.txt').write_text(f'{seconds:.1f}\n')
     else:
         seconds = float((run_dir / 'train_seconds.txt').read_text())
-    evaluations = [('', [])] + ([('nets_a', ['--nets', 'a'])] if '--method' in flags
-                                and flags[flags.index('--method') + 1] == 'dual' else [])
+    dual = train.parse_args(argv)['method'] == 'dual'
+    evaluations = [('', [])] + ([('nets_a', ['--nets', 'a'])] if dual else [])
     rows = []
     for sub, extra in evaluations:
         out_dir = run_dir / sub
-        if not (out_dir / 'test_summary.json').is_file():
-            run([sys.executable, 'test.py', *common, '--stride_xy', str(args.stride_xy), '--stride_z',
-                 str(args.stride_z), '--out_dir', str(out_dir), '--no_progress', *extra, *fast],
-                run_dir / f'test_stdout{sub and "_" + sub}.txt', args.threads)
+        if not evaluated(out_dir, args):
+            run([sys.executable, 'test.py', *data_flags(seed, cache, args, run_dir), '--stride_xy',
+                 str(args.stride_xy), '--stride_z', str(args.stride_z), '--out_dir', str(out_dir), '--no_progress',
+                 *extra, *fast_flags(args)], run_dir / f'test_stdout{sub and "_" + sub}.txt', args.threads)
         rows.append(read_cases(out_dir / 'test_cases.csv'))
     return rows[0], seconds, rows[1] if len(rows) > 1 else None
 
@@ -241,9 +266,13 @@ def main(argv=None):
     p.add_argument('--iterations', type=int, default=1000)
     p.add_argument('--lr_step', type=int, default=None, help='default: 5/12 of --iterations, as 2500 of 6000')
     p.add_argument('--labelnum', type=int, default=8)
-    p.add_argument('--methods', default='sup,pairsup,mt,dual', help=f'comma list of {sorted(METHODS)}')
+    p.add_argument('--variant', action='append', default=[], metavar="NAME='FLAGS'",
+                   help="another setting to train, as train.py flags on top of its defaults, e.g. "
+                        "dual-ramp='--method dual --ramp_unsup 1'; repeatable")
+    p.add_argument('--methods', default=None,
+                   help=f'comma list of {", ".join(METHODS)} and the --variant names (default: all of them)')
     p.add_argument('--baselines', default='sup,pairsup,mt',
-                   help='methods every dual variant is paired against (when among --methods)')
+                   help='methods every other method and variant is paired against (when among --methods)')
     p.add_argument('--seeds', default='1337', help='comma list; mean ± std over seeds is reported')
     p.add_argument('--num_workers', type=int, default=1)
     p.add_argument('--jobs', type=int, default=1, help='runs trained at the same time')
@@ -253,24 +282,36 @@ def main(argv=None):
     p.add_argument('--amp', action='store_true', help="train.py's and test.py's --amp (bfloat16 on the CPU)")
     p.add_argument('--gpu', default='-1')
     p.add_argument('--cache', default=str(ROOT / 'benchmarks' / 'cache'))
-    p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'cache' / 'la_cpu_runs'))
+    p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'cache' / 'la_study_runs'))
     p.add_argument('--versus', default=None,
                    help='another --out with the same methods and seeds (say, without --amp): paired differences')
     args = p.parse_args(argv)
     args.lr_step = args.lr_step or max(1, args.iterations * 5 // 12)
-    methods = args.methods.split(',')
-    unknown = [m for m in methods if m not in METHODS]
+    flags = dict(METHODS)
+    for text in args.variant:
+        name, variant = parse_variant(text, owned_dests(args))
+        if name in flags:
+            raise UsageError(f'--variant {name}: given twice')
+        flags[name] = variant
+    methods = args.methods.split(',') if args.methods else list(flags)
+    unknown = [m for m in methods if m not in flags]
     if unknown:
-        raise UsageError(f'--methods: unknown {unknown}; choose from {sorted(METHODS)}')
+        raise UsageError(f'--methods: unknown {", ".join(unknown)}; choose from {", ".join(flags)} '
+                         f'(other settings: --variant NAME=\'FLAGS\')')
     seeds = [int(s) for s in args.seeds.split(',')]
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
 
     cache = build_cache(args)
+    # every finished run is checked before any is trained: a stale one stops the study now, not hours later
+    for name, seed in [(m, sd) for sd in seeds for m in methods]:
+        run_dir = run_dir_of(name, seed, args)
+        if (run_dir / 'config.json').is_file():
+            check_reusable(run_dir, train_argv(flags[name], seed, cache, args, run_dir))
 
     def one(key):
-        method, seed = key
-        print(f'[{time.strftime("%H:%M:%S")}] {method} seed {seed} ...', flush=True)
-        return key, train_and_test(method, seed, cache, args)
+        name, seed = key
+        print(f'[{time.strftime("%H:%M:%S")}] {name} seed {seed} ...', flush=True)
+        return key, train_and_test(name, flags[name], seed, cache, args)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # threads only wait on subprocesses
         results = dict(pool.map(one, [(m, sd) for sd in seeds for m in methods]))
@@ -298,12 +339,11 @@ def main(argv=None):
         summary[method]['train_minutes'] = minutes
         print(f'| {method} | ' + ' | '.join(cells) + f' | {minutes:.1f} |')
 
-    # every dual variant against every baseline (network A alone: against the V-Net trained alone), and
-    # every method against its run on the stored intensities
+    # every method and variant that is not a baseline against every baseline (network A alone: against the
+    # V-Net trained alone)
     baselines = args.baselines.split(',')
-    pairs = [(m, b) for m in methods if m.startswith('dual') and not m.endswith('-raw')
-             for b in baselines if b in methods and b != m and (b == 'sup' or not m.endswith('(A)'))]
-    pairs += [(m[:-len('-raw')], m) for m in methods if m.endswith('-raw') and m[:-len('-raw')] in methods]
+    pairs = [(m, b) for m in methods if m not in baselines
+             for b in baselines if b in methods and (b == 'sup' or not m.endswith('(A)'))]
     if pairs:
         print('\nPaired per-case Dice difference, first minus second (points; case-seed pairs pooled; '
               '95 % bootstrap intervals resampling cases, and seeds and cases):')

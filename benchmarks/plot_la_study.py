@@ -1,8 +1,8 @@
-"""Per-case paired Dice of dual against each baseline of a la_cpu.py comparison, as one PNG.
+"""Per-case paired Dice of dual against each baseline of a la_study.py comparison, as one PNG.
 
-    python -m benchmarks.plot_la_cpu benchmarks/cache/la_cpu_runs --out docs/la_cpu_paired.png
+    python -m benchmarks.plot_la_study benchmarks/cache/la_study_runs --out docs/la_cpu_paired.png
 
-Reads RUNS_DIR/<method>_seed<seed>/test_cases.csv (la_cpu.py writes them through test.py). One panel per
+Reads RUNS_DIR/<method>_seed<seed>/test_cases.csv (la_study.py writes them through test.py). One panel per
 baseline: the baseline's Dice (x) against dual's (y) on the same test case and seed, all seeds pooled, one
 marker per seed. A point above the diagonal is a case that dual segments better. Needs matplotlib.
 """
@@ -62,7 +62,7 @@ def baseline_order(methods, reference):
 
 def plot(runs, reference, baselines, path):
     """One scatter panel per baseline; returns {baseline: (mean difference in points, better, n)}."""
-    figure = optional_import('matplotlib.figure', 'benchmarks/plot_la_cpu.py', 'matplotlib')
+    figure = optional_import('matplotlib.figure', 'benchmarks/plot_la_study.py', 'matplotlib')
     fig = figure.Figure(figsize=(max(PANEL_INCHES * len(baselines), MIN_WIDTH_INCHES), PANEL_INCHES + 0.9), dpi=DPI,
                         layout='constrained')
     axes = np.atleast_1d(fig.subplots(1, len(baselines), squeeze=False)).ravel()
@@ -94,7 +94,7 @@ def plot(runs, reference, baselines, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('runs_dir', help="la_cpu.py's --out folder (<method>_seed<seed>/test_cases.csv)")
+    p.add_argument('runs_dir', help="la_study.py's --out folder (<method>_seed<seed>/test_cases.csv)")
     p.add_argument('--out', default=str(ROOT / 'docs' / 'la_cpu_paired.png'), help='the PNG to write')
     p.add_argument('--reference', default='dual', help='the method on the y axis of every panel')
     p.add_argument('--baselines', default=None,
