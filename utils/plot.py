@@ -25,15 +25,15 @@ PANELS = (
     ('unsupervised terms', ('mc_a', 'mc_b', 'reg', 'urps', 'cps_a', 'cps_b', 'con', 'consistency'), 'terms'),
     ('supervised Dice loss', ('dice_a', 'dice_b', 'dice'), 'share'),
     ('learning rate', ('lr',), 'schedule'),
-    ('ramped weight', ('lambda_con', 'consistency_weight'), 'ramp'),
-    ('uncertain share of L_cps (%)', ('uncertain_percent',), 'ramp'),
+    ('ramped weight', ('lambda_con', 'unsup_weight', 'consistency_weight'), 'ramp'),
     ('wins', ('winner',), 'wins'),
-    ('pseudo-labels and the reliable set R', ('reliable', 'pseudo_fg', 'reliable_fg'), 'share'),
+    # pseudo_fg far below label_fg is the collapse train.py warns about
+    ('pseudo-labels and the reliable set R', ('reliable', 'pseudo_fg', 'label_fg', 'reliable_fg'), 'share'),
 )
 # A log axis helps when the values span more than this ratio; below it its ticks are hard to read.
 LOG_RATIO = 20
-LEGEND = {'reliable': 'R / unlabeled voxels', 'pseudo_fg': 'foreground of ŷ / unlabeled voxels',
-          'reliable_fg': 'foreground / R'}
+LEGEND = {'reliable': 'R / unlabeled', 'pseudo_fg': 'foreground of ŷ / unlabeled',
+          'label_fg': 'foreground / labeled', 'reliable_fg': 'foreground / R'}
 PANEL_INCHES = (4.0, 3.0)
 TITLE_INCHES = 0.6
 MAX_COLUMNS = 4
@@ -137,7 +137,7 @@ def plot_curves(columns, path, title):
         ax.set_xlabel('iteration')
         ax.grid(alpha=0.3)
         if len(names) > 1 or names[0] == 'winner':
-            ax.legend(fontsize=8, ncols=2 if len(names) > 3 else 1)
+            ax.legend(fontsize=8, ncols=2 if len(names) > 3 and kind == 'terms' else 1)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     if smooth > 1:
