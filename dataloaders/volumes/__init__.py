@@ -11,8 +11,10 @@ and dataloaders.import_volumes. nibabel, pynrrd and pydicom are optional: each i
 function that reads its format, and a missing one is named in one line (VolumeError) with its pip line.
 """
 from .crop import AXES, body_mask, bounding_box, label_box, pad_to
-from .errors import VolumeError
+from .dicom import read_ct_series
+from .errors import ProblemList, VolumeError
 from .intensity import ct_window, zscore
+from .pairs import pair_files, volume_files
 from .read import read_volume, volume_suffix
-from .resample import resample
+from .resample import resample, resample_pair
 from .write import StagingDir, write_case_h5, write_list

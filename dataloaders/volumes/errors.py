@@ -16,3 +16,11 @@ def require(module, package, path, what):
     except ImportError:
         raise VolumeError(f'{path}: reading {what} needs the optional package {package}: '
                           f'pip install {package}') from None
+
+
+class ProblemList(VolumeError):
+    """Several problems found in the input before anything was written: .lines holds one line each."""
+
+    def __init__(self, lines):
+        super().__init__(f'{lines[0]} (and {len(lines) - 1} more problems)' if len(lines) > 1 else lines[0])
+        self.lines = list(lines)

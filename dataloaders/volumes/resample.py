@@ -26,3 +26,13 @@ def resample(array, spacing, target, order=1):
     out = ndimage.affine_transform(source, target / spacing, output_shape=shape, order=order, mode='nearest',
                                    prefilter=order > 1)
     return out, tuple(float(t) for t in target)
+
+
+def resample_pair(image, label, spacing, target, order=1):
+    """(image, label, spacing) at `target` mm: the image with `order` (1 linear, 3 cubic), the label
+    nearest; target None keeps the volume as it is."""
+    if target is None:
+        return image, label, tuple(spacing)
+    image, new_spacing = resample(image, spacing, target, order)
+    label, _ = resample(label, spacing, target, order=0)
+    return image, label, new_spacing
