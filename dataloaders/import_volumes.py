@@ -56,7 +56,8 @@ def check_pair(image_path, label_path, modality, crop):
                         f'has {_shape(f"{s:g}" for s in image_mm)} mm')
     values = np.unique(label)
     if values.dtype.kind == 'f' and not (np.isfinite(values).all() and (values == np.round(values)).all()):
-        problems.append(f'{label_path}: label values are not all integers (e.g. {values[values != np.round(values)][:1]})')
+        example = values[~np.isfinite(values) | (values != np.round(values))][0]
+        problems.append(f'{label_path}: label values are not all integers (e.g. {example:g})')
     elif crop == 'label' and len(values) < 2:
         problems.append(f'{label_path}: label holds only the value {values[0]:g}: nothing to crop around '
                         '(--crop label)')
@@ -121,8 +122,8 @@ def import_volumes(images, labels, out_dir, modality, target=None, crop='nonzero
     """Check every pair, then write OUT/<id>.h5, train.list and test.list (module docstring).
 
     case_options go to import_case (order, crop_axes, margin, min_size, window, nonzero).
-    Returns (train ids, test ids, number of classes). Raises ProblemList (a VolumeError) whose .lines name every problem;
-    nothing is written then.
+    Returns (train ids, test ids, number of classes). Raises ProblemList (a VolumeError) whose .lines
+    name every problem; nothing is written then.
     """
     pairs, problems = pair_files(images, labels)
     for case_id in pairs:
