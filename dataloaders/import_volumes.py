@@ -107,8 +107,9 @@ def import_case(image, label, spacing, classes, modality='ct', target=None, orde
     label = np.searchsorted(classes, label).astype(np.uint8)
     if crop != 'none':
         axes = AXES[crop_axes]
-        mask = label if crop == 'label' else body_mask(image)
-        box = label_box(mask, [(margin, margin)] * len(axes), [min_size[a] for a in axes], axes)
+        # the body box is the content itself; the label box keeps `margin` voxels of context around it
+        mask, keep = (label, margin) if crop == 'label' else (body_mask(image), 0)
+        box = label_box(mask, [(keep, keep)] * len(axes), [min_size[a] for a in axes], axes)
         image, label = image[box], label[box]
     if modality == 'ct':
         image = ct_window(image, *window)
