@@ -229,3 +229,12 @@ def test_pynrrd_reads_what_the_retired_reader_read(tmp_path):
     assert array.shape == (3, 2, 1) and array.dtype == np.dtype('=u2')
     assert array[2, 0, 0] == 2000 and array[0, 1, 0] == 3000  # F order: index i + 3 j
     assert np.allclose(directions, np.diag([0.625, 0.625, 2.5]))
+
+
+def test_without_pynrrd_one_line_names_the_file_and_the_pip_line(tmp_path, monkeypatch):
+    raw = tmp_path / 'raw'
+    make_raw_case(raw, 'CASE1', shape=(30, 30, 4), box=((5, 9), (5, 9), (1, 3)))
+    monkeypatch.setitem(sys.modules, 'nrrd', None)  # as if pynrrd were not installed
+    message = run_main(['--raw_dir', str(raw), '--out_dir', str(tmp_path / 'out')])
+    assert 'CASE1/lgemri.nrrd: reading NRRD needs the optional package pynrrd: pip install pynrrd' in message
+    assert not (tmp_path / 'out').exists()
