@@ -56,3 +56,12 @@ def require_extra(module):
     if os.environ.get('CI') == 'true':
         return importlib.import_module(module)
     return pytest.importorskip(module)
+
+
+def one_line_error(main, argv, prog):
+    """The message a dataloaders script exits with for bad input: one line, '<prog>: error: ...'."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    message = str(info.value.code)
+    assert message.startswith(f'{prog}: error: ') and '\n' not in message
+    return message

@@ -12,7 +12,7 @@ import pytest
 
 from dataloaders import preprocess_la as pre
 from dataloaders.datasets import LA_SUBDIR
-from conftest import require_extra
+from conftest import one_line_error, require_extra
 
 nrrd = require_extra('nrrd')
 
@@ -140,11 +140,7 @@ def test_la_heart_reads_the_output(tmp_path):
 
 
 def run_main(argv):
-    with pytest.raises(SystemExit) as info:
-        pre.main(argv)
-    message = str(info.value.code)
-    assert message.startswith('preprocess_la: error: ') and '\n' not in message
-    return message
+    return one_line_error(pre.main, argv, 'preprocess_la')
 
 
 def test_cli_errors(tmp_path):

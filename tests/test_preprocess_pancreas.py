@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dataloaders import preprocess_pancreas as pp
+from conftest import one_line_error
 from make_volumes import write_ct_series, write_nifti
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,11 +130,7 @@ def test_nifti_dir_gives_the_same_files(tmp_path, download, outputs):
 
 
 def run_main(argv):
-    with pytest.raises(SystemExit) as info:
-        pp.main(argv)
-    message = str(info.value.code)
-    assert message.startswith('preprocess_pancreas: error: ') and '\n' not in message
-    return message
+    return one_line_error(pp.main, argv, 'preprocess_pancreas')
 
 
 @pytest.mark.parametrize('case, message', [
