@@ -183,6 +183,7 @@ def test_train_and_test_dataset_pancreas_read_the_output(outputs, tmp_path):
                            cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert train.returncode == 0, train.stderr[-2000:]
     test = subprocess.run([sys.executable, 'test.py', '--dataset', 'pancreas', '--labelnum', '2', '--no_progress',
-                           '--stride_xy', '32', '--stride_z', '32'] + small, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+                           '--stride_xy', '32', '--stride_z', '32'] + small,
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert test.returncode == 0, test.stderr[-2000:]
     assert '1 cases' in test.stdout and (tmp_path / 'run' / 'test_summary.json').is_file()

@@ -33,7 +33,8 @@ def _hu_slice(path, pydicom):
     try:
         pixels = ds.pixel_array
     except Exception as err:  # noqa: BLE001 -- pydicom's decoders raise RuntimeError, NotImplementedError, ...
-        syntax = ds.file_meta.get('TransferSyntaxUID') if 'file_meta' in dir(ds) else None
+        meta = getattr(ds, 'file_meta', None)
+        syntax = meta.get('TransferSyntaxUID') if meta is not None else None
         if syntax is not None and syntax.is_compressed:
             raise VolumeError(f'{path}: pixel data are compressed ({syntax.name}, {syntax}) and no installed '
                               f'decoder reads them: {DECODER_PIP} (or convert the series to NIfTI)') from None
