@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dataloaders import import_volumes as iv
+from conftest import require_extra
 from make_volumes import write_nifti, write_nrrd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,7 +154,7 @@ def run_main(argv, capsys):
 ])
 def test_bad_inputs_one_line_each_nothing_written(tmp_path, capsys, case, message):
     images, labels = make_set(tmp_path, count=2)
-    nib = pytest.importorskip('nibabel')
+    nib = require_extra('nibabel')
     bad_image, bad_label = images / 'case_009.nii.gz', labels / 'case_009.nii.gz'
     if case != 'empty':
         make_ct_case(images, labels, 'case_009')
