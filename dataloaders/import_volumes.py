@@ -15,7 +15,8 @@ Label values are mapped in order to 0..C-1 and the mapping is printed. OUT/train
 the labeled ones in training.
 
 --crop nonzero (default) keeps the box of the voxels above the volume's minimum (the body or the field of
-view) and needs no label. --crop label crops around the ground-truth label as the LA and Pancreas lineage
+view) and needs no label. --crop label keeps --margin voxels on each side of the label's box (grown to
+--min_size by the lineage's rule, crop.py), around the ground-truth label as the LA and Pancreas lineage
 did: test and unlabeled cases are then cropped around a label the model should not have, so it is told
 where the target is and its scores are optimistic (a warning says so).
 """
@@ -107,9 +108,10 @@ def import_case(image, label, spacing, classes, modality='ct', target=None, orde
     label = np.searchsorted(classes, label).astype(np.uint8)
     if crop != 'none':
         axes = AXES[crop_axes]
-        # the body box is the content itself; the label box keeps `margin` voxels of context around it
+        # the body box is the content itself; the label box keeps `margin` voxels of context on each side
+        # (label_box's stop is exclusive from the last mask index: one more after than the lineage's)
         mask, keep = (label, margin) if crop == 'label' else (body_mask(image), 0)
-        box = label_box(mask, [(keep, keep)] * len(axes), [min_size[a] for a in axes], axes)
+        box = label_box(mask, [(keep, keep + 1)] * len(axes), [min_size[a] for a in axes], axes)
         image, label = image[box], label[box]
     if modality == 'ct':
         image = ct_window(image, *window)

@@ -89,10 +89,10 @@ def test_ct_values_window_and_label_crop_with_margin(tmp_path):
     assert lines.count(iv.LABEL_CROP_WARNING) == 1 and 'told where the target is' in iv.LABEL_CROP_WARNING
     image, label = read_h5(tmp_path / 'out' / 'case_001.h5')
     source, _ = make_ct_case(tmp_path / 'again', tmp_path / 'again', 'x', seed=1)
-    # organ x 8..13, y 6..11, z 2..4: margin 2 before, 2 - 1 after (the lineage's box), no resampling;
-    # z's extent 4 - 2 is under the minimum 4: (4 - 2) // 2 = 1 more each side
-    assert image.shape == (6 + 3, 6 + 3, 3 + 3 + 1)
-    assert np.allclose(image, (np.clip(source[6:15, 4:13, 0:7], -100, 300) + 100) / 400)
+    # organ x 8..13, y 6..11, z 2..4: 2 voxels of margin each side, no resampling; z's extent 4 - 2 is
+    # under the minimum 4: (4 - 2) // 2 = 1 more each side, clipped at 0
+    assert image.shape == (6 + 4, 6 + 4, 3 + 4 + 1)
+    assert np.allclose(image, (np.clip(source[6:16, 4:14, 0:8], -100, 300) + 100) / 400)
     assert not (tmp_path / 'out' / 'test.list').exists()  # --test_fraction 0
     assert (tmp_path / 'out' / 'train.list').read_text() == 'case_000\ncase_001\n'
 
@@ -193,3 +193,12 @@ def test_every_problem_is_reported_once(tmp_path, capsys):
                       '--modality', 'ct', '--crop', 'label'], capsys)
     assert len(lines) == 2 and 'case_000.nii.gz: image without a label' in lines[0]
     assert 'case_002.nii.gz: shape 24x20x9' in lines[1] and not (tmp_path / 'out').exists()
+
+
+def test_nonzero_crop_is_the_body_box(tmp_path):
+    images, labels = make_set(tmp_path, count=2)
+    iv.import_volumes(images, labels, tmp_path / 'out', 'ct', crop='nonzero', test_fraction=0,
+                      warn=lambda line: None, progress=False, min_size=(1, 1, 1), crop_axes='xy')
+    image, label = read_h5(tmp_path / 'out' / 'case_000.h5')
+    assert image.shape == (16, 14, 8)  # BODY's x 4..19 and y 3..16, every voxel of it; z whole ('xy')
+    assert (label > 0).sum() == 6 * 6 * 3 and (label == 2).sum() == 2 * 2 * 1  # the organ and its core are inside
