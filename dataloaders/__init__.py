@@ -1,7 +1,9 @@
 """Data pipeline: h5 datasets, numpy-dict transforms seeded per sample, batch samplers, and phantoms.
 
-The phantom generator and the LA preprocessing are modules run with `python -m dataloaders.synthetic`
-and `python -m dataloaders.preprocess_la`; importing them here would make that run warn.
+The phantom generator and the import recipes are modules run with `python -m dataloaders.synthetic`,
+`python -m dataloaders.preprocess_la`, `python -m dataloaders.preprocess_pancreas` and
+`python -m dataloaders.import_volumes` (their steps: dataloaders.volumes); importing them here would make
+that run warn.
 """
 from .datasets import DatasetError, H5Dataset, LAHeart, read_case, read_list, validate_case
 from .samplers import IterationBatchSampler, LabeledBatchSampler, TwoStreamBatchSampler

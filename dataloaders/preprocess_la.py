@@ -6,7 +6,8 @@ RAW holds one folder per case, RAW/<id>/lgemri.nrrd (the LGE-MRI volume) and
 RAW/<id>/laendo.nrrd (the atrium mask, 0/255). Written: OUT/2018LA_Seg_Training Set/<id>/
 mri_norm2.h5 ('image' float32, 'label' uint8 0/1, both (X,Y,Z), gzip) and OUT/train.list
 (every case id, sorted, or the ids of --list; --test_list also writes OUT/test.list).
-The NRRD files are read by dataloaders/nrrd.py (numpy + gzip): nothing to install.
+The NRRD files are read by pynrrd, an optional package (pip install pynrrd); without it the first
+file read says so in one line. This is a recipe of the import pipeline (dataloaders/volumes/).
 
 What happens to each case is what the UA-MT lineage's la_heart_processing.py does:
   label = (laendo == 255) as uint8
@@ -27,23 +28,22 @@ ground-truth label. A model evaluated on such crops is told where the atrium is,
 numbers computed on them (the published ones included) are optimistic.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 from tqdm import tqdm
 
 from .datasets import LA_SUBDIR, DatasetError, read_list
-from .nrrd import read_nrrd
+from .volumes import StagingDir, VolumeError, label_box, read_volume, write_case_h5, write_list
+from .volumes import zscore as _zscore  # the parameter `zscore` names the statistics mode
 
 IMAGE_FILE, LABEL_FILE = 'lgemri.nrrd', 'laendo.nrrd'
 CAVEAT = ('Caveat: this preprocessing crops every volume, test volumes included, around its '
           'ground-truth label, so LA results on its output are optimistic.')
 
 
-class PreprocessError(ValueError):
+class PreprocessError(VolumeError):
     """A raw case or folder cannot be processed; the message is one line naming it."""
 
 
@@ -55,14 +55,8 @@ def crop_box(label, margins, min_extent=(112, 112)):
     pad = max(min_extent_a - (hi - lo), 0) // 2 and hi the last label index, as the lineage
     wrote it (so m_hi - 1 + pad voxels follow the label, m_lo + pad precede it).
     """
-    nonzero = np.nonzero(label)
-    box = []
-    for axis in (0, 1):
-        lo, hi = int(nonzero[axis].min()), int(nonzero[axis].max())
-        pad = max(min_extent[axis] - (hi - lo), 0) // 2
-        m_lo, m_hi = int(margins[2 * axis]), int(margins[2 * axis + 1])
-        box.append(slice(max(lo - m_lo - pad, 0), min(hi + m_hi + pad, label.shape[axis])))
-    return box[0], box[1], slice(0, label.shape[2])
+    pairs = [(int(margins[0]), int(margins[1])), (int(margins[2]), int(margins[3]))]
+    return label_box(label, pairs, min_extent, axes=(0, 1))
 
 
 def preprocess_case(image, laendo, rng, margin=(10, 20), min_extent=(112, 112), zscore='volume',
@@ -81,15 +75,11 @@ def preprocess_case(image, laendo, rng, margin=(10, 20), min_extent=(112, 112), 
     if not label.any():
         raise PreprocessError(f"{name}: {LABEL_FILE} has no voxel equal to 255 (the atrium)")
     box = crop_box(label, rng.integers(margin[0], margin[1], size=4), min_extent)
-    image = image.astype(np.float64)
+    if zscore not in ('volume', 'crop'):
+        raise PreprocessError(f"zscore must be 'volume' or 'crop', got {zscore!r}")
     if zscore == 'crop':
         image = image[box]
-    elif zscore != 'volume':
-        raise PreprocessError(f"zscore must be 'volume' or 'crop', got {zscore!r}")
-    std = image.std()
-    if std == 0:
-        raise PreprocessError(f"{name}: {IMAGE_FILE} is constant, cannot z-score it")
-    image = ((image - image.mean()) / std).astype(np.float32)
+    image = _zscore(image, name=f"{name}: {IMAGE_FILE}")
     if zscore == 'volume':
         image = image[box]
     return np.ascontiguousarray(image), np.ascontiguousarray(label[box]), box
@@ -124,15 +114,6 @@ def find_cases(raw_dir):
     return ids
 
 
-def _write_h5(path, image, label):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    with h5py.File(tmp, 'w') as f:
-        f.create_dataset('image', data=image, compression='gzip')
-        f.create_dataset('label', data=label, compression='gzip')
-    os.replace(tmp, path)
-
-
 def preprocess_la(raw_dir, out_dir, seed=1337, margin=(10, 20), min_extent=(112, 112),
                   zscore='volume', train_ids=None, test_ids=None, progress=True):
     """Preprocess every case of raw_dir (or those of train_ids + test_ids) into out_dir.
@@ -153,15 +134,19 @@ def preprocess_la(raw_dir, out_dir, seed=1337, margin=(10, 20), min_extent=(112,
         raise PreprocessError(f"case {unknown[0]} is listed but {raw_dir / unknown[0]} has no "
                               f"{IMAGE_FILE}/{LABEL_FILE} ({len(unknown)} such ids)")
     ids = sorted(set(wanted))
-    for index, case_id in enumerate(tqdm(ids, desc='preprocess_la', unit='case', disable=not progress)):
-        image, _ = read_nrrd(raw_dir / case_id / IMAGE_FILE)
-        laendo, _ = read_nrrd(raw_dir / case_id / LABEL_FILE)
-        image, label, _ = preprocess_case(image, laendo, np.random.default_rng([seed, index]),
-                                          margin, min_extent, zscore, name=f"case {case_id}")
-        _write_h5(out_dir / LA_SUBDIR / case_id / 'mri_norm2.h5', image, label)
-    (out_dir / 'train.list').write_text(''.join(i + '\n' for i in train_ids))
-    if test_ids is not None:
-        (out_dir / 'test.list').write_text(''.join(i + '\n' for i in test_ids))
+    # every case is written to a staging folder first: an error in the last case leaves out_dir as it was
+    with StagingDir(out_dir) as stage:
+        for index, case_id in enumerate(tqdm(ids, desc='preprocess_la', unit='case', disable=not progress)):
+            # the lineage indexes the stored array as (x, y, z): no reorientation
+            image, _ = read_volume(raw_dir / case_id / IMAGE_FILE, reorient=False)
+            laendo, _ = read_volume(raw_dir / case_id / LABEL_FILE, reorient=False)
+            image, label, _ = preprocess_case(image, laendo, np.random.default_rng([seed, index]),
+                                              margin, min_extent, zscore, name=f"case {case_id}")
+            write_case_h5(stage.path / LA_SUBDIR / case_id / 'mri_norm2.h5', image, label)
+        write_list(stage.path / 'train.list', train_ids)
+        if test_ids is not None:
+            write_list(stage.path / 'test.list', test_ids)
+        stage.commit()
     return ids
 
 

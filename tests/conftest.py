@@ -1,3 +1,5 @@
+import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -45,3 +47,20 @@ def train_argv(data, run, *extra, **flags):
                 labeled_bs=1, labelnum=4, max_iterations=4, num_workers=0, snapshot_path=run)
     base.update(flags)
     return [s for k, v in base.items() for s in (f'--{k}', str(v))] + list(extra)
+
+
+def require_extra(module):
+    """Import an optional extra a test needs: skip without it, except under CI=true, where .ci/run installs
+    every extra and a missing one must fail the run rather than silently skip the tests of its code."""
+    if os.environ.get('CI') == 'true':
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
+
+
+def one_line_error(main, argv, prog):
+    """The message a dataloaders script exits with for bad input: one line, '<prog>: error: ...'."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    message = str(info.value.code)
+    assert message.startswith(f'{prog}: error: ') and '\n' not in message
+    return message

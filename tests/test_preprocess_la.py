@@ -1,5 +1,7 @@
-"""Raw LA preprocessing (seeded crop around the label, z-score) and the tiny NRRD reader it uses."""
-import gzip
+"""Raw LA preprocessing (seeded crop around the label, z-score), a recipe of the import pipeline.
+
+The NRRD files are written here with pynrrd, an optional extra (conftest.require_extra).
+"""
 import subprocess
 import sys
 from pathlib import Path
@@ -10,76 +12,18 @@ import pytest
 
 from dataloaders import preprocess_la as pre
 from dataloaders.datasets import LA_SUBDIR
-from dataloaders.nrrd import read_nrrd, write_nrrd
+from conftest import one_line_error, require_extra
+
+nrrd = require_extra('nrrd')
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-# ----------------------------------------------------------------------------- nrrd
-
-@pytest.mark.parametrize('gz', [False, True])
-@pytest.mark.parametrize('dtype', [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64])
-def test_nrrd_round_trip(tmp_path, gz, dtype):
-    array = (np.arange(5 * 4 * 3).reshape(5, 4, 3) * 7 % 23 - 5).astype(dtype)
-    if np.dtype(dtype).kind == 'u':
-        array = array % 200
-    write_nrrd(tmp_path / 'a.nrrd', array, gzip=gz)
-    back, header = read_nrrd(tmp_path / 'a.nrrd')
-    assert back.dtype == array.dtype and back.shape == (5, 4, 3) == header['sizes']
-    assert np.array_equal(back, array)
-    assert header['encoding'] == ('gzip' if gz else 'raw')
-
-
-def test_nrrd_big_endian(tmp_path):
-    array = np.array([[1, -2, 300], [40000 - 65536, 5, 6]], dtype=np.int16)
-    write_nrrd(tmp_path / 'b.nrrd', array, gzip=False, endian='big')
-    raw = (tmp_path / 'b.nrrd').read_bytes()
-    # Fortran order, big-endian: first 1 = 00 01, then array[1, 0] = -25536 = 0x9c40
-    payload = raw[raw.index(b'\n\n') + 2:]
-    assert payload[:4] == b'\x00\x01\x9c\x40'
-    back, header = read_nrrd(tmp_path / 'b.nrrd')
-    assert header['endian'] == 'big' and back.dtype == np.int16 and np.array_equal(back, array)
-
-
-def test_nrrd_hand_written_header(tmp_path):
-    """A header the way ITK/Slicer write the challenge files: comments, aliases, space fields."""
-    values = np.arange(6, dtype='<u2') * 1000  # sizes 3 2: fastest axis first
-    header = ('NRRD0005\n# Complete NRRD file format specification at:\n'
-              'type: unsigned short\ndimension: 3\nspace: left-posterior-superior\n'
-              'sizes: 3 2 1\nspace directions: (0.625,0,0) (0,0.625,0) (0,0,2.5)\n'
-              'kinds: domain domain domain\nendian: little\nencoding: gzip\n'
-              'space origin: (-180.5,-170,-40)\nmodality:=LGE\n\n')
-    (tmp_path / 'h.nrrd').write_bytes(header.encode() + gzip.compress(values.tobytes()))
-    array, fields = read_nrrd(tmp_path / 'h.nrrd')
-    assert array.shape == (3, 2, 1) and array.dtype == np.uint16
-    assert array[2, 0, 0] == 2000 and array[0, 1, 0] == 3000  # F order: index i + 3 j
-    assert np.allclose(fields['space directions'], np.diag([0.625, 0.625, 2.5]))
-    assert np.allclose(fields['space origin'], [-180.5, -170, -40])
-    assert fields['space'] == 'left-posterior-superior' and fields['keyvaluepairs'] == {'modality': 'LGE'}
-    # 'uchar' alias, 'none' direction row, raw with a byte skip
-    text = ('NRRD0004\ntype: uchar\ndimension: 2\nsizes: 2 2\nspace directions: none (0,1)\n'
-            'encoding: raw\nbyte skip: 3\n\n')
-    (tmp_path / 'u.nrrd').write_bytes(text.encode() + b'xyz\x01\x02\x03\x04')
-    array, fields = read_nrrd(tmp_path / 'u.nrrd')
-    assert array.tolist() == [[1, 3], [2, 4]] and np.isnan(fields['space directions'][0]).all()
-
-
-@pytest.mark.parametrize('header, data, message', [
-    ('NRRD0004\ntype: uchar\ndimension: 1\nsizes: 2\nencoding: bzip2\n\n', b'', "encoding 'bzip2'"),
-    ('NRRD0004\ntype: short\ndimension: 1\nsizes: 2\nencoding: raw\n\n', b'\0' * 4, 'endian'),
-    ('NRRD0004\ntype: complex\ndimension: 1\nsizes: 2\nencoding: raw\n\n', b'\0' * 4, "type 'complex'"),
-    ('NRRD0004\ntype: uchar\ndimension: 1\nsizes: 8\nencoding: raw\n\n', b'\0' * 4, 'too short'),
-    ('NRRD0004\ntype: uchar\ndimension: 1\nsizes: 2\nencoding: raw\ndata file: x.raw\n\n', b'', 'detached'),
-    ('NRRD0004\ntype: uchar\ndimension: 2\nsizes: 2\nencoding: raw\n\n', b'\0' * 2, 'dimension'),
-    ('NRRD0004\ntype: uchar\nsizes: 2\nencoding: raw\n\n', b'\0' * 2, "'dimension'"),
-    ('P5\n2 2\n255\n', b'\0' * 4, 'not an NRRD file'),
-])
-def test_nrrd_errors_name_the_file(tmp_path, header, data, message):
-    path = tmp_path / 'bad.nrrd'
-    path.write_bytes(header.encode() + data)
-    with pytest.raises(ValueError, match=message) as info:
-        read_nrrd(path)
-    assert str(path) in str(info.value)
+def write_nrrd(path, array, gzip=True):
+    """An NRRD file as the challenge stores them: sizes = array.shape (Fortran order), 0.625 mm voxels."""
+    nrrd.write(str(path), array, header={'encoding': 'gzip' if gzip else 'raw',
+                                          'space directions': np.diag([0.625, 0.625, 0.625]).tolist(),
+                                          'space': 'left-posterior-superior'}, index_order='F')
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -196,11 +140,7 @@ def test_la_heart_reads_the_output(tmp_path):
 
 
 def run_main(argv):
-    with pytest.raises(SystemExit) as info:
-        pre.main(argv)
-    message = str(info.value.code)
-    assert message.startswith('preprocess_la: error: ') and '\n' not in message
-    return message
+    return one_line_error(pre.main, argv, 'preprocess_la')
 
 
 def test_cli_errors(tmp_path):
@@ -231,3 +171,66 @@ def test_cli_module_entry_and_caveat(tmp_path):
     assert 'wrote 1 cases' in result.stdout and 'test volumes included' in result.stdout
     assert (tmp_path / 'out' / LA_SUBDIR / 'CASE1' / 'mri_norm2.h5').is_file()
     assert 'test volumes included' in ' '.join(pre.__doc__.split())
+
+
+# ----------------------------------------------------------------------------- identity with today's algorithm
+
+def lineage_expected(image, laendo, seed, index, zscore='volume', margin=(10, 20), min_extent=(112, 112)):
+    """preprocess_la's output before it became a recipe of dataloaders/volumes, written out plainly:
+    four margins from default_rng([seed, index]), the lineage's x/y box, z-score in float64."""
+    label = (laendo == 255).astype(np.uint8)
+    m_x0, m_x1, m_y0, m_y1 = np.random.default_rng([seed, index]).integers(margin[0], margin[1], size=4)
+    xs, ys, _ = np.nonzero(label)
+    pad_x = max(min_extent[0] - (xs.max() - xs.min()), 0) // 2
+    pad_y = max(min_extent[1] - (ys.max() - ys.min()), 0) // 2
+    x0, x1 = max(xs.min() - m_x0 - pad_x, 0), min(xs.max() + m_x1 + pad_x, label.shape[0])
+    y0, y1 = max(ys.min() - m_y0 - pad_y, 0), min(ys.max() + m_y1 + pad_y, label.shape[1])
+    values = image.astype(np.float64)
+    if zscore == 'crop':
+        values = values[x0:x1, y0:y1, :]
+    values = ((values - values.mean()) / values.std()).astype(np.float32)
+    if zscore == 'volume':
+        values = values[x0:x1, y0:y1, :]
+    return values, label[x0:x1, y0:y1, :]
+
+
+@pytest.mark.parametrize('zscore, min_extent', [('volume', (112, 112)), ('volume', (0, 0)), ('crop', (30, 8))])
+def test_recipe_is_array_identical_to_the_lineage_algorithm(tmp_path, zscore, min_extent):
+    raw = tmp_path / 'raw'
+    cases = {'A': make_raw_case(raw, 'A', seed=1),                                  # inside the volume
+             'B': make_raw_case(raw, 'B', box=((2, 30), (100, 139), (0, 12)), seed=2),  # at the borders
+             'C': make_raw_case(raw, 'C', shape=(60, 50, 5), box=((20, 24), (5, 45), (1, 2)), seed=3)}
+    pre.preprocess_la(raw, tmp_path / 'out', seed=42, zscore=zscore, min_extent=min_extent, progress=False)
+    for index, case_id in enumerate(sorted(cases)):
+        image, label = read_h5(tmp_path / 'out', case_id)
+        want_image, want_label = lineage_expected(*cases[case_id], seed=42, index=index, zscore=zscore,
+                                                  min_extent=min_extent)
+        assert image.dtype == want_image.dtype == np.float32 and label.dtype == np.uint8
+        assert np.array_equal(image, want_image) and np.array_equal(label, want_label), case_id
+
+
+def test_pynrrd_reads_what_the_retired_reader_read(tmp_path):
+    """The hand-written header of the challenge files (ITK/Slicer style): comments, a type alias, space
+    fields, gzip, key:=value pairs. Sizes order (Fortran), native byte order, values as written."""
+    import gzip
+    from dataloaders.volumes.read import read_nrrd
+    values = (np.arange(6) * 1000).astype('>u2')  # big-endian on disk
+    header = ('NRRD0005\n# Complete NRRD file format specification at:\n'
+              'type: unsigned short\ndimension: 3\nspace: left-posterior-superior\n'
+              'sizes: 3 2 1\nspace directions: (0.625,0,0) (0,0.625,0) (0,0,2.5)\n'
+              'kinds: domain domain domain\nendian: big\nencoding: gzip\n'
+              'space origin: (-180.5,-170,-40)\nmodality:=LGE\n\n')
+    (tmp_path / 'h.nrrd').write_bytes(header.encode() + gzip.compress(values.tobytes()))
+    array, directions = read_nrrd(tmp_path / 'h.nrrd')
+    assert array.shape == (3, 2, 1) and array.dtype == np.dtype('=u2')
+    assert array[2, 0, 0] == 2000 and array[0, 1, 0] == 3000  # F order: index i + 3 j
+    assert np.allclose(directions, np.diag([0.625, 0.625, 2.5]))
+
+
+def test_without_pynrrd_one_line_names_the_file_and_the_pip_line(tmp_path, monkeypatch):
+    raw = tmp_path / 'raw'
+    make_raw_case(raw, 'CASE1', shape=(30, 30, 4), box=((5, 9), (5, 9), (1, 3)))
+    monkeypatch.setitem(sys.modules, 'nrrd', None)  # as if pynrrd were not installed
+    message = run_main(['--raw_dir', str(raw), '--out_dir', str(tmp_path / 'out')])
+    assert 'CASE1/lgemri.nrrd: reading NRRD needs the optional package pynrrd: pip install pynrrd' in message
+    assert not (tmp_path / 'out').exists()

@@ -1,0 +1,214 @@
+"""Import a folder of NIfTI/NRRD image and label volumes as h5 cases that `train.py --dataset h5` trains on.
+
+    python -m dataloaders.import_volumes --images imagesTr --labels labelsTr --out_dir data/MyTask \\
+        --modality ct|mr [--spacing 1,1,1] [--crop nonzero|label|none] [--test_ids FILE | --test_fraction 0.2]
+
+Pairs imagesTr/X.nii.gz (or X_0000.nii.gz, nnU-Net's channel 0; or X.nrrd) with labelsTr/X.nii.gz, the
+Medical Segmentation Decathlon and nnU-Net layouts. First every pair is read and checked (shapes, spacings,
+label values, finite intensities), one line per problem; nothing is written unless all pass. Then each case:
+  reorient to (x, y, z) -> resample to --spacing (image linear or --order 3 cubic, label nearest; default:
+  keep each case's spacing) -> crop (--crop) -> intensity (--modality ct: window [lo, hi] -> [0, 1];
+  mr: z-score, --nonzero over non-zero voxels only) -> pad to --min_size (the training patch) ->
+  OUT/<id>.h5 ('image' float32, 'label' uint8 0..C-1, (X,Y,Z), gzip).
+Label values are mapped in order to 0..C-1 and the mapping is printed. OUT/train.list and OUT/test.list
+(--test_ids, or a seeded --test_fraction of the cases) follow; the first --labelnum ids of train.list are
+the labeled ones in training.
+
+--crop nonzero (default) keeps the box of the voxels above the volume's minimum (the body or the field of
+view) and needs no label. --crop label keeps --margin voxels on each side of the label's box (grown to
+--min_size by the lineage's rule, crop.py), around the ground-truth label as the LA and Pancreas lineage
+did: test and unlabeled cases are then cropped around a label the model should not have, so it is told
+where the target is and its scores are optimistic (a warning says so).
+"""
+import argparse
+
+import numpy as np
+from tqdm import tqdm
+
+from .datasets import DatasetError, check_case_id, read_list
+from .volumes import (AXES, ProblemList, StagingDir, VolumeError, body_mask, ct_window, label_box, pad_to, pair_files,
+                      read_volume, resample_pair, write_case_h5, write_list, zscore)
+from .volumes.args import fail, numbers
+
+PROG = 'import_volumes'
+MAX_CLASSES = 255  # labels are stored as uint8
+LABEL_CROP_WARNING = ('warning: --crop label crops every case, test and unlabeled ones included, around its '
+                      'ground-truth label: the model is told where the target is and its test scores are '
+                      'optimistic; --crop nonzero crops to the body without the label')
+
+
+def _shape(shape):
+    return 'x'.join(str(n) for n in shape)
+
+
+def check_pair(image_path, label_path, modality, crop):
+    """(problems: one line each naming the file, label values of the case: sorted floats)."""
+    try:
+        image, image_mm = read_volume(image_path)
+        label, label_mm = read_volume(label_path)
+    except VolumeError as err:
+        return [str(err)], []
+    problems = []
+    if image.shape != label.shape:
+        problems.append(f'{label_path}: shape {_shape(label.shape)} but its image {image_path} is '
+                        f'{_shape(image.shape)}')
+    if not np.allclose(image_mm, label_mm, rtol=1e-3, atol=1e-4):
+        problems.append(f'{label_path}: spacing {_shape(f"{s:g}" for s in label_mm)} mm but its image {image_path} '
+                        f'has {_shape(f"{s:g}" for s in image_mm)} mm')
+    values = np.unique(label)
+    if values.dtype.kind == 'f' and not (np.isfinite(values).all() and (values == np.round(values)).all()):
+        example = values[~np.isfinite(values) | (values != np.round(values))][0]
+        problems.append(f'{label_path}: label values are not all integers (e.g. {example:g})')
+    elif crop == 'label' and len(values) < 2:
+        problems.append(f'{label_path}: label holds only the value {values[0]:g}: nothing to crop around '
+                        '(--crop label)')
+    bad = int(np.size(image) - np.isfinite(image).sum()) if image.dtype.kind == 'f' else 0
+    if bad:
+        problems.append(f'{image_path}: {bad} voxels are NaN or infinite')
+    elif modality == 'mr' and image.min() == image.max():
+        problems.append(f'{image_path}: image is constant ({float(image.min()):g}), cannot z-score it')
+    return problems, [float(v) for v in values]
+
+
+def label_classes(values):
+    """Sorted distinct label values of all cases -> (lookup values, one-line description of the mapping)."""
+    values = np.array(sorted(set(values)))
+    if np.array_equal(values, np.arange(len(values))):
+        return values, f'labels: values 0..{len(values) - 1} kept ({len(values)} classes)'
+    shown = ', '.join(f'{v:g}' for v in values[:10]) + (', ...' if len(values) > 10 else '')
+    return values, (f'labels: values {shown} mapped in order to 0..{len(values) - 1} ({len(values)} classes; '
+                    f'{values[0]:g} is the background)')
+
+
+def split_ids(ids, test_ids=None, test_fraction=0.2, seed=0):
+    """(train ids, test ids, problems): test_ids as given, else round(fraction x n) ids drawn with the seed
+    (at least one when the fraction is above 0 and there are two cases); both lists sorted."""
+    if test_ids is not None:
+        unknown = [i for i in test_ids if i not in ids]
+        problems = [f'--test_ids: case {i} is not among the imported cases' for i in unknown]
+        test = set(test_ids)
+    else:
+        count = int(round(test_fraction * len(ids)))
+        if test_fraction > 0 and len(ids) > 1:
+            count = max(count, 1)
+        count = min(count, len(ids) - 1)
+        test = set(np.random.default_rng(seed).permutation(sorted(ids))[:count].tolist())
+        problems = []
+    return sorted(i for i in ids if i not in test), sorted(i for i in ids if i in test), problems
+
+
+def import_case(image, label, spacing, classes, modality='ct', target=None, order=1, crop='nonzero',
+                crop_axes='xyz', margin=25, min_size=(96, 96, 96), window=(-125.0, 275.0), nonzero=False,
+                name='image'):
+    """One checked case -> (image float32, label uint8 in 0..C-1), both (X,Y,Z); module docstring's steps.
+
+    classes: the sorted label values of all cases (label_classes), mapped to 0..C-1.
+    """
+    image, label, _ = resample_pair(image, label, spacing, target, order)
+    label = np.searchsorted(classes, label).astype(np.uint8)
+    if crop != 'none':
+        axes = AXES[crop_axes]
+        # the body box is the content itself; the label box keeps `margin` voxels of context on each side
+        # (label_box's stop is exclusive from the last mask index: one more after than the lineage's)
+        mask, keep = (label, margin) if crop == 'label' else (body_mask(image), 0)
+        box = label_box(mask, [(keep, keep + 1)] * len(axes), [min_size[a] for a in axes], axes)
+        image, label = image[box], label[box]
+    if modality == 'ct':
+        image = ct_window(image, *window)
+    else:
+        image = zscore(image, nonzero=nonzero, name=name)
+    return pad_to(image, min_size, float(image.min())), pad_to(label, min_size, 0)
+
+
+def import_volumes(images, labels, out_dir, modality, target=None, crop='nonzero', test_ids=None,
+                   test_fraction=0.2, seed=0, warn=print, progress=True, **case_options):
+    """Check every pair, then write OUT/<id>.h5, train.list and test.list (module docstring).
+
+    case_options go to import_case (order, crop_axes, margin, min_size, window, nonzero).
+    Returns (train ids, test ids, number of classes). Raises ProblemList (a VolumeError) whose .lines
+    name every problem; nothing is written then.
+    """
+    pairs, problems = pair_files(images, labels)
+    for case_id in pairs:
+        try:
+            check_case_id(case_id, where=str(images))
+        except DatasetError as err:
+            problems.append(str(err))
+    values = []
+    for case_id, (image_path, label_path) in tqdm(pairs.items(), desc=f'{PROG}: check', unit='case',
+                                                  disable=not progress):
+        case_problems, case_values = check_pair(image_path, label_path, modality, crop)
+        problems += case_problems
+        values += case_values
+    classes, mapping = label_classes(values) if values else (np.zeros(0), '')
+    if not problems and len(classes) < 2:
+        problems.append(f'{labels}: every label holds only the value {classes[0]:g}: nothing to segment')
+    if len(classes) > MAX_CLASSES:
+        problems.append(f'{labels}: {len(classes)} distinct label values, more than {MAX_CLASSES} classes '
+                        '(is --labels a folder of images?)')
+    train, test, split_problems = split_ids(list(pairs), test_ids, test_fraction, seed)
+    problems += split_problems
+    if problems:
+        raise ProblemList(problems)
+    warn(f'{PROG}: {mapping}')
+    if crop == 'label':
+        warn(LABEL_CROP_WARNING)
+    with StagingDir(out_dir) as stage:
+        for case_id, (image_path, label_path) in tqdm(pairs.items(), desc=PROG, unit='case', disable=not progress):
+            image, spacing = read_volume(image_path)
+            label, _ = read_volume(label_path)
+            image, label = import_case(image, label, spacing, classes, modality, target, crop=crop,
+                                       name=str(image_path), **case_options)
+            write_case_h5(stage.path / f'{case_id}.h5', image, label)
+        write_list(stage.path / 'train.list', train)
+        if test:
+            write_list(stage.path / 'test.list', test)
+        stage.commit()
+    return train, test, len(classes)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog=f'python -m dataloaders.{PROG}', description=__doc__.split('\n')[0])
+    parser.add_argument('--images', required=True, help='folder of image volumes (.nii.gz, .nii, .nrrd)')
+    parser.add_argument('--labels', required=True, help='folder of label volumes with the same names')
+    parser.add_argument('--out_dir', required=True, help='output folder: <id>.h5, train.list, test.list')
+    parser.add_argument('--modality', required=True, choices=('ct', 'mr'),
+                        help='ct: HU window -> [0, 1]; mr: z-score')
+    parser.add_argument('--window', type=numbers(2), default=(-125.0, 275.0), metavar='LO,HI',
+                        help='ct: HU window (default -125,275, the lineage\'s abdominal soft tissue)')
+    parser.add_argument('--nonzero', action='store_true', help='mr: z-score over the non-zero voxels only')
+    parser.add_argument('--spacing', type=numbers(3), default=None, metavar='X,Y,Z',
+                        help='resample to this voxel size in mm (default: keep each case\'s own)')
+    parser.add_argument('--order', type=int, choices=(1, 3), default=1, help='image interpolation: 1 linear, 3 cubic')
+    parser.add_argument('--crop', choices=('nonzero', 'label', 'none'), default='nonzero',
+                        help='nonzero: the body (default); label: around the ground truth (optimistic scores); none')
+    parser.add_argument('--crop_axes', choices=sorted(AXES), default='xyz', help='axes to crop (default xyz)')
+    parser.add_argument('--margin', type=int, default=25, help='voxels kept around the label (--crop label)')
+    parser.add_argument('--min_size', type=numbers(3, int), default=(96, 96, 96), metavar='X,Y,Z',
+                        help='every case at least this big, padded if smaller: the training patch (default 96,96,96)')
+    split = parser.add_mutually_exclusive_group()
+    split.add_argument('--test_ids', help='list file of the test cases\' ids')
+    split.add_argument('--test_fraction', type=float, default=0.2, help='share of cases drawn for test.list (0.2)')
+    parser.add_argument('--seed', type=int, default=0, help='seeds the --test_fraction draw')
+    args = parser.parse_args(argv)
+    if not 0 <= args.test_fraction < 1:
+        parser.error(f'--test_fraction must be in [0, 1), got {args.test_fraction}')
+    if args.margin < 0 or min(args.min_size) < 1:
+        parser.error('--margin must be >= 0 and --min_size positive')
+    try:
+        test_ids = read_list(args.test_ids) if args.test_ids else None
+        train, test, classes = import_volumes(
+            args.images, args.labels, args.out_dir, args.modality, args.spacing, args.crop, test_ids,
+            args.test_fraction, args.seed, order=args.order, crop_axes=args.crop_axes, margin=args.margin,
+            min_size=args.min_size, window=args.window, nonzero=args.nonzero)
+    except (ValueError, OSError) as err:
+        fail(PROG, getattr(err, 'lines', [err]))
+    print(f'{PROG}: wrote {len(train) + len(test)} cases to {args.out_dir} ({len(train)} in train.list, '
+          f'{len(test)} in test.list), {classes} classes')
+    print(f"{PROG}: next: python -m dataloaders.check --root_path {args.out_dir} --pattern '{{id}}.h5' "
+          f'--num_classes {classes}')
+    return 0
+
+
+if __name__ == '__main__':
+    main()

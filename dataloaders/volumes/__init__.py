@@ -1,0 +1,20 @@
+"""The volume import pipeline: one small step per module, each a plain function on numpy arrays.
+
+    read      read.py, dicom.py   a file or DICOM series -> (array indexed (x, y, z), spacing in mm)
+    resample  resample.py         -> a target spacing (image linear or cubic, label nearest)
+    intensity intensity.py        CT window -> [0, 1]; z-score (optionally over non-zero voxels)
+    crop      crop.py             box around the label or the body, or none; pad up to a minimum size
+    write     write.py            h5 ('image' float32, 'label' uint8, gzip) and list files, nothing half-written
+
+Recipes are the scripts that chain the steps: dataloaders.preprocess_la, dataloaders.preprocess_pancreas
+and dataloaders.import_volumes. nibabel, pynrrd and pydicom are optional: each is imported by the one
+function that reads its format, and a missing one is named in one line (VolumeError) with its pip line.
+"""
+from .crop import AXES, body_mask, bounding_box, label_box, pad_to
+from .dicom import read_ct_series
+from .errors import ProblemList, VolumeError
+from .intensity import ct_window, zscore
+from .pairs import pair_files, volume_files
+from .read import read_volume, volume_suffix
+from .resample import resample, resample_pair
+from .write import StagingDir, write_case_h5, write_list

@@ -1,0 +1,24 @@
+"""Command-line helpers shared by the recipes: number triples, and the one-line exit."""
+import argparse
+import sys
+
+
+def numbers(count, kind=float):
+    """argparse type: 'a,b,c' -> a tuple of `count` numbers of `kind` (a one-line error otherwise)."""
+    def parse(text):
+        try:
+            values = tuple(kind(v) for v in text.split(','))
+        except ValueError:
+            values = ()
+        if len(values) != count:
+            raise argparse.ArgumentTypeError(f'{text!r}: expected {count} comma-separated numbers')
+        return values
+    return parse
+
+
+def fail(prog, lines):
+    """Print every line but the last as '<prog>: error: <line>' on stderr, exit 1 with the last."""
+    lines = [' '.join(str(line).split()) for line in lines]
+    for line in lines[:-1]:
+        print(f'{prog}: error: {line}', file=sys.stderr)
+    sys.exit(f'{prog}: error: {lines[-1]}')

@@ -1,0 +1,32 @@
+"""Reorient a volume to (x, y, z) axis order, keeping each axis's spacing.
+
+Only the order of the axes changes, never their direction: flipping an axis would change the arrays the
+lineage's recipes write (they index the stored array as it is), and a V-Net is trained on flips anyway.
+"""
+import numpy as np
+
+
+def axis_spacing(directions):
+    """Voxel size in mm of each array axis: the length of its world vector (rows of `directions`)."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(directions, dtype=float), axis=1))
+
+
+def world_axes(directions):
+    """For each array axis, the world axis (0 x, 1 y, 2 z) its vector points along most; None if two
+    array axes point along the same world axis (an oblique volume near 45 degrees)."""
+    axes = tuple(int(np.argmax(np.abs(row))) for row in np.asarray(directions, dtype=float))
+    return axes if sorted(axes) == [0, 1, 2] else None
+
+
+def to_xyz(array, directions):
+    """(array with axes permuted so that axis i lies along world axis i, its spacing in mm).
+
+    array: (A, B, C) as stored; directions: 3x3, row a the world vector (mm) of array axis a. An oblique
+    volume whose axes do not map one to one keeps the stored order.
+    """
+    spacing = axis_spacing(directions)
+    axes = world_axes(directions)
+    if axes is None:
+        return array, spacing
+    order = tuple(axes.index(world) for world in range(3))  # the array axis along world x, y, z
+    return np.transpose(array, order), tuple(spacing[a] for a in order)

@@ -1,0 +1,75 @@
+"""Write cases and lists so that a failure leaves nothing half-written.
+
+Every file is written under a temporary name and renamed into place (a rename within a folder is atomic).
+A recipe writes all its files into a StagingDir inside the output folder and moves them out only once
+every case has succeeded: after an error the output folder holds nothing new.
+"""
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+
+def _atomic(path, write):
+    """Call write(temporary path) then rename it to path, creating path's folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_case_h5(path, image, label):
+    """One case: 'image' float32 and 'label' uint8, both (X,Y,Z), gzip-compressed."""
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    label = np.ascontiguousarray(label, dtype=np.uint8)
+
+    def write(tmp):
+        with h5py.File(tmp, 'w') as f:
+            f.create_dataset('image', data=image, compression='gzip')
+            f.create_dataset('label', data=label, compression='gzip')
+    _atomic(path, write)
+
+
+def write_list(path, ids):
+    """A list file: one case id per line, in the given order."""
+    _atomic(path, lambda tmp: Path(tmp).write_text(''.join(f'{i}\n' for i in ids)))
+
+
+class StagingDir:
+    """A temporary folder inside out_dir whose files move into out_dir on commit(), or vanish.
+
+        with StagingDir(out_dir) as stage:
+            write_case_h5(stage.path / 'a.h5', image, label)
+            stage.commit()            # without it (an exception), out_dir is left as it was
+    """
+
+    def __init__(self, out_dir):
+        self.out_dir = Path(out_dir)
+        self.created = not self.out_dir.exists()
+        self.path = None
+
+    def __enter__(self):
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix='.staging-', dir=self.out_dir))
+        return self
+
+    def commit(self):
+        """Move every staged file to the same relative path in out_dir (replacing an older one)."""
+        for source in sorted(p for p in self.path.rglob('*') if p.is_file()):
+            target = self.out_dir / source.relative_to(self.path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+
+    def __exit__(self, *exc):
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self.created and not any(self.out_dir.iterdir()):
+            self.out_dir.rmdir()  # the folder this run made, left empty by a failure
+        return False
