@@ -57,6 +57,12 @@ def test_readme_has_the_two_first_screen_commands():
     assert 'python -m pytest -q tests' in ci  # CI runs the README's test command
 
 
+def optional_packages():
+    """The optional extras that .ci/run installs (so that their code paths are tested)."""
+    line = next(l for l in (REPO / '.ci' / 'run').read_text().splitlines() if 'pip install -q tensorboard' in l)
+    return set(line.split('-q', 1)[1].split())
+
+
 class Parsed(BaseException):
     """Raised in place of returning from ArgumentParser.parse_args: the whole command line parsed, and
     nothing of the script runs after it. A BaseException, so no `except Exception` of a script swallows it."""
@@ -79,7 +85,8 @@ def check_command(command, monkeypatch):
     Every parser runs with allow_abbrev off: a README command spells each flag in full."""
     words = shlex.split(command)
     if words[0] == 'pip':
-        if not (words[1:] == ['install', '-r', 'requirements.txt'] or words[1:3] == ['install', 'torch==2.13.0']):
+        if not (words[1:] == ['install', '-r', 'requirements.txt'] or words[1:3] == ['install', 'torch==2.13.0']
+                or words[1] == 'install' and set(words[2:]) <= optional_packages()):
             raise BadCommand(f'unexpected pip command: {command}')
         return
     if words[0] == 'torchrun':
@@ -124,10 +131,10 @@ def check_command(command, monkeypatch):
         monkeypatch.undo()
 
 
-@pytest.mark.parametrize('command', readme_commands(('README.md', 'docs/benchmarks.md')))
+@pytest.mark.parametrize('command', readme_commands(('README.md', 'docs/benchmarks.md', 'docs/data.md')))
 def test_every_readme_command_parses(command, monkeypatch):
-    """Every command of the README and of docs/benchmarks.md (docs/results.md keeps the commands as they were
-    run, with the module names of their date, and is not checked)."""
+    """Every command of the README, docs/benchmarks.md and docs/data.md (docs/results.md keeps the commands as
+    they were run, with the module names of their date, and is not checked)."""
     check_command(command, monkeypatch)
 
 
