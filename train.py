@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader
 
 from dataloaders import (NORMALIZE_MODES, Compose, H5Dataset, IterationBatchSampler, LabeledBatchSampler,
                          NormalizeIntensity, RandomCrop, RandomRotFlip, ToTensor, TwoStreamBatchSampler)
-from losses import (FILTER_MODES, confident_disagreement, cosine_consistency_loss, cps_loss, cross_pseudo_label, mutual_correction_loss, prototype_contrastive_loss, softmax_mse_loss,
-                    supervised_loss, urps_loss)
+from losses import (FILTER_MODES, confident_disagreement, cosine_consistency_loss, cps_loss, cross_pseudo_label,
+                    mutual_correction_loss, prototype_contrastive_loss, softmax_mse_loss, supervised_loss, urps_loss)
 from utils.checkpoint import save_checkpoint
 from utils.collapse import CollapseWatch
 from utils.cli import OneLineParser, run_cli
