@@ -81,9 +81,17 @@ def parse_variant(text, owned):
     return name, flags
 
 
+def cache_dir(args):
+    return Path(args.cache) / f'scale{args.scale:g}-float16'
+
+
 def build_cache(args):
-    """Resampled copies of the volumes in the LA layout, with train.list / test.list of the split."""
+    """Resampled copies of the volumes in the LA layout, with train.list / test.list of the split. Images are
+    stored as float16 and gzip-compressed: every machine trains on the same values (rounded once, here),
+    and the dev split's 80 volumes at half resolution take under 40 MB, small enough to carry to a GPU."""
     la = Path(args.la_root)
+    if not (la / 'train.list').is_file():
+        raise UsageError(f'--la_root {la}: no train.list (runs left to train need the LA data)')
     if args.standard:
         train_ids, test_ids = read_list(la / 'train.list'), read_list(la / 'test.list')
     else:
@@ -91,7 +99,7 @@ def build_cache(args):
         if len(ids) < 80:
             raise UsageError(f'{la / "train.list"} lists {len(ids)} ids; the development split needs 80')
         train_ids, test_ids = ids[:60], ids[60:80]
-    cache = Path(args.cache) / f'scale{args.scale:g}'
+    cache = cache_dir(args)
     for case in train_ids + test_ids:
         out = cache / LA_SUBDIR / case / 'mri_norm2.h5'
         if out.is_file():
@@ -101,8 +109,10 @@ def build_cache(args):
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix('.tmp')
         with h5py.File(tmp, 'w') as f:
-            f['image'] = ndimage.zoom(image, args.scale, order=1).astype(np.float32)
-            f['label'] = ndimage.zoom(label, args.scale, order=0).astype(np.uint8)
+            f.create_dataset('image', data=ndimage.zoom(image, args.scale, order=1).astype(np.float16),
+                             compression='gzip', shuffle=True)
+            f.create_dataset('label', data=ndimage.zoom(label, args.scale, order=0).astype(np.uint8),
+                             compression='gzip', shuffle=True)
         tmp.replace(out)
     (cache / 'train.list').write_text('\n'.join(train_ids) + '\n')
     (cache / 'test.list').write_text('\n'.join(test_ids) + '\n')
@@ -173,31 +183,65 @@ def evaluated(out_dir, args):
     return [settings.get(k) for k in ('stride_xy', 'stride_z', 'amp')] == [args.stride_xy, args.stride_z, args.amp]
 
 
+def evaluations(dual):
+    """(subfolder, extra test.py flags) of each evaluation of a run: the pair, and for dual network A alone."""
+    return [('', [])] + ([('nets_a', ['--nets', 'a'])] if dual else [])
+
+
+def finished(run_dir, dual, args):
+    """Whether run_dir holds a run's whole record at this study's test settings: its training time and every
+    evaluation. Such a run needs neither its checkpoint nor the data, so a record kept under
+    benchmarks/results/ (config.json, test results, no checkpoint) is reused on any machine."""
+    return ((run_dir / 'train_seconds.txt').is_file()
+            and all(evaluated(run_dir / sub, args) for sub, _ in evaluations(dual)))
+
+
+def summarize_iterations(run_dir, block=10):
+    """iterations_summary.csv beside iterations.csv: each numeric column's mean over blocks of `block`
+    iterations, and the winner column as the share of A wins (a_wins); `iteration` is the block's last
+    iteration done. The run's course at a size worth keeping with its results."""
+    with open(run_dir / 'iterations.csv', newline='') as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    columns = [c for c in rows[0] if c not in ('iteration', 'winner')]
+    out = []
+    for start in range(0, len(rows), block):
+        part = rows[start:start + block]
+        row = {'iteration': int(part[-1]['iteration']) + 1}
+        if 'winner' in part[0]:
+            row['a_wins'] = f"{np.mean([r['winner'] == 'A' for r in part]):.6g}"
+        row.update({c: f'{np.mean([float(r[c]) for r in part]):.6g}' for c in columns})
+        out.append(row)
+    with open(run_dir / 'iterations_summary.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(out[0]))
+        writer.writeheader()
+        writer.writerows(out)
+
+
 def train_and_test(name, flags, seed, cache, args):
-    """Train one method or variant with train.py (a finished run, checked by check_reusable, is reused) and
-    evaluate its final checkpoint with test.py (dual: also network A alone, into nets_a/); returns
-    ({case: metrics}, train seconds, {case: metrics of A alone} or None)."""
+    """Train one method or variant with train.py and evaluate its final checkpoint with test.py (dual: also
+    network A alone, into nets_a/); a finished run (see `finished`; its config checked by check_reusable) is
+    reused as it is. Returns ({case: metrics}, train seconds, {case: metrics of A alone} or None)."""
     run_dir = run_dir_of(name, seed, args)
     argv = train_argv(flags, seed, cache, args, run_dir)
-    if not (run_dir / 'final.pth').is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        t0 = time.time()
-        run([sys.executable, 'train.py', *argv], run_dir / 'train_stdout.txt', args.threads)
-        seconds = time.time() - t0
-        (run_dir / 'train_seconds.txt').write_text(f'{seconds:.1f}\n')
-    else:
-        seconds = float((run_dir / 'train_seconds.txt').read_text())
     dual = train.parse_args(argv)['method'] == 'dual'
-    evaluations = [('', [])] + ([('nets_a', ['--nets', 'a'])] if dual else [])
-    rows = []
-    for sub, extra in evaluations:
-        out_dir = run_dir / sub
-        if not evaluated(out_dir, args):
-            run([sys.executable, 'test.py', *data_flags(seed, cache, args, run_dir), '--stride_xy',
-                 str(args.stride_xy), '--stride_z', str(args.stride_z), '--out_dir', str(out_dir), '--no_progress',
-                 *extra, *fast_flags(args)], run_dir / f'test_stdout{sub and "_" + sub}.txt', args.threads)
-        rows.append(read_cases(out_dir / 'test_cases.csv'))
-    return rows[0], seconds, rows[1] if len(rows) > 1 else None
+    if not finished(run_dir, dual, args):
+        if not (run_dir / 'final.pth').is_file():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            t0 = time.time()
+            run([sys.executable, 'train.py', *argv], run_dir / 'train_stdout.txt', args.threads)
+            (run_dir / 'train_seconds.txt').write_text(f'{time.time() - t0:.1f}\n')
+            summarize_iterations(run_dir)
+        for sub, extra in evaluations(dual):
+            if not evaluated(run_dir / sub, args):
+                run([sys.executable, 'test.py', *data_flags(seed, cache, args, run_dir), '--stride_xy',
+                     str(args.stride_xy), '--stride_z', str(args.stride_z), '--out_dir', str(run_dir / sub),
+                     '--no_progress', *extra, *fast_flags(args)], run_dir / f'test_stdout{sub and "_" + sub}.txt',
+                    args.threads)
+    rows = [read_cases(run_dir / sub / 'test_cases.csv') for sub, _ in evaluations(dual)]
+    seconds = float((run_dir / 'train_seconds.txt').read_text())
+    return rows[0], seconds, rows[1] if dual else None
 
 
 def read_cases(path):
@@ -235,6 +279,26 @@ def difference_cells(d):
 def mean_std(values):
     values = np.asarray([v for v in values if np.isfinite(v)])
     return (values.mean(), values.std()) if len(values) else (float('nan'), float('nan'))
+
+
+def seed_table(methods, seeds, results, summary, baseline='sup', behind=3.0):
+    """How each method fares seed by seed: its per-seed mean Dice (%) summarised by mean, median and worst
+    seed, and the share of seeds whose run ends more than `behind` points below `baseline`'s run of the same
+    seed (the same labeled volumes, crops and initialisation draws)."""
+    print(f'\nPer seed: mean Dice % of each seed\'s run, and the seeds more than {behind:g} points behind '
+          f'{baseline} of the same seed ({len(seeds)} seeds):')
+    print(f'| method | mean | median | worst (seed) | behind {baseline} by > {behind:g} |')
+    print('|---|---|---|---|---|')
+    per_seed = {m: {sd: 100 * np.mean([r['dice'] for r in results[m, sd][0].values()]) for sd in seeds}
+                for m in methods}
+    for method in methods:
+        dice = per_seed[method]
+        worst = min(dice, key=dice.get)
+        failed = [sd for sd in seeds if dice[sd] < per_seed[baseline][sd] - behind]
+        print(f'| {method} | {np.mean(list(dice.values())):.2f} | {np.median(list(dice.values())):.2f} | '
+              f'{dice[worst]:.2f} ({worst}) | {len(failed)}/{len(seeds)} |')
+        summary[method]['per_seed_dice'] = {str(sd): dice[sd] for sd in seeds}
+        summary[method][f'seeds_behind_{baseline}'] = failed
 
 
 def versus_table(methods, seeds, results, versus, summary):
@@ -301,12 +365,17 @@ def main(argv=None):
     seeds = [int(s) for s in args.seeds.split(',')]
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
 
-    cache = build_cache(args)
+    cache, runs = cache_dir(args), [(m, sd) for sd in seeds for m in methods]
     # every finished run is checked before any is trained: a stale one stops the study now, not hours later
-    for name, seed in [(m, sd) for sd in seeds for m in methods]:
+    todo = False
+    for name, seed in runs:
         run_dir = run_dir_of(name, seed, args)
+        argv = train_argv(flags[name], seed, cache, args, run_dir)
         if (run_dir / 'config.json').is_file():
-            check_reusable(run_dir, train_argv(flags[name], seed, cache, args, run_dir))
+            check_reusable(run_dir, argv)
+        todo = todo or not finished(run_dir, train.parse_args(argv)['method'] == 'dual', args)
+    if todo:  # a study whose every run is finished needs no data
+        build_cache(args)
 
     def one(key):
         name, seed = key
@@ -314,7 +383,7 @@ def main(argv=None):
         return key, train_and_test(name, flags[name], seed, cache, args)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # threads only wait on subprocesses
-        results = dict(pool.map(one, [(m, sd) for sd in seeds for m in methods]))
+        results = dict(pool.map(one, runs))
     for method in [m for m in methods if results[m, seeds[0]][2] is not None]:
         for sd in seeds:  # network A alone, as one more row
             results[method + ' (A)', sd] = (results[method, sd][2], results[method, sd][1], None)
@@ -338,6 +407,8 @@ def main(argv=None):
         minutes = np.mean([results[method, sd][1] for sd in seeds]) / 60
         summary[method]['train_minutes'] = minutes
         print(f'| {method} | ' + ' | '.join(cells) + f' | {minutes:.1f} |')
+    if len(seeds) > 1 and 'sup' in methods:
+        seed_table(methods, seeds, results, summary)
 
     # every method and variant that is not a baseline against every baseline (network A alone: against the
     # V-Net trained alone)
