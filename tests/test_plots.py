@@ -157,3 +157,29 @@ def test_la_study_paired_dice_figure(tmp_path, capsys, saved_figures):
         plot_la_study.main([str(runs), '--out', str(out)])
     assert str(stop.value.code).startswith('error: ') and 'no dual_seed' in stop.value.code
     assert '\n' not in stop.value.code
+
+
+def test_per_seed_figure_joins_each_seeds_runs_and_marks_the_seeds_behind(tmp_path, capsys, saved_figures):
+    """One line per seed through its methods' mean Dice, in the order given; a seed more than 3 points below
+    the first method is red. Bugs caught: a line joining different seeds' runs, a method's mean taken over
+    another method's cases, the count of seeds behind the reference off by the boundary."""
+    plot_seeds = load_benchmark('plot_seeds')
+    runs = tmp_path / 'runs'
+    dice = {('sup', 1): [0.8, 0.8], ('dual', 1): [0.7, 0.7], ('sup', 2): [0.6, 0.7], ('dual', 2): [0.62, 0.65]}
+    for (method, seed), values in dice.items():
+        folder = runs / f'{method}_seed{seed}'
+        folder.mkdir(parents=True)
+        (folder / 'test_cases.csv').write_text('case,dice\n' + ''.join(f'c{i},{v}\n' for i, v in enumerate(values)))
+    out = tmp_path / 'seeds.png'
+    assert plot_seeds.main([str(runs), '--methods', 'sup,dual', '--out', str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == 'dual: 1 of 2 seeds more than 3 points below sup'
+    ax = saved_figures[0].axes[0]
+    lines = [line.get_ydata() for line in ax.get_lines()]
+    assert np.allclose(lines, [[80, 70], [65, 63.5]])  # seed 1, then seed 2
+    red = [line.get_color() for line in ax.get_lines()]
+    assert red == [plot_seeds.FAILED, plot_seeds.KEPT]  # seed 1 fell 10 points, seed 2 1.5
+    assert png_shape(out)[0] > 0
+
+    with pytest.raises(SystemExit) as stop:
+        plot_seeds.main([str(runs), '--methods', 'sup,mt', '--out', str(out)])
+    assert str(stop.value.code).startswith('error: ') and 'no mt_seed' in stop.value.code
