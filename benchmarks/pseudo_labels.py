@@ -1,6 +1,6 @@
 """How good are the pseudo-labels the dual losses train on? Measured against the hidden labels.
 
-    python -m benchmarks.pseudo_labels --checkpoint RUN/final.pth --root_path benchmarks/cache/scale0.5
+    python -m benchmarks.pseudo_labels --checkpoint RUN/final.pth --root_path benchmarks/cache/scale0.5-float16
 
 The unlabeled volumes of a run (train.list after the first --labelnum ids) have labels on disk that
 training never reads. This script draws batches of random crops from them, as training does, runs

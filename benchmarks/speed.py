@@ -234,7 +234,7 @@ def memory_probe(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument('--la_root', default='benchmarks/cache/scale0.5',
+    p.add_argument('--la_root', default='benchmarks/cache/scale0.5-float16',
                    help='an LA-layout folder (la_study.py writes the half-resolution one)')
     p.add_argument('--gpu', default='-1')
     p.add_argument('--patch_size', type=parse_patch, default=(64, 64, 32))

@@ -266,7 +266,7 @@ def test_la_study_full_protocol_at_tiny_size_reuses_only_runs_of_the_same_settin
     # the pseudo-label audit reads the dual run; percentages and volume ratios are in range
     audit = run([sys.executable, '-m', 'benchmarks.pseudo_labels',
                  '--checkpoint', str(out / 'dual_seed1337' / 'final.pth'),
-                 '--root_path', str(tmp_path / 'cache' / 'scale1'), '--batches', '2'], timeout=600)
+                 '--root_path', str(tmp_path / 'cache' / 'scale1-float16'), '--batches', '2'], timeout=600)
     assert audit.returncode == 0, audit.stderr[-2000:]
     shares = [float(w.rstrip('%,')) for w in audit.stdout.split() if w.replace('.', '').rstrip('%,').isdigit()]
     assert len(shares) >= 10 and all(0 <= v <= 100 for v in shares[:10])

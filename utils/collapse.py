@@ -5,7 +5,7 @@ whose early guesses agree on background can reward each other for it. The watch 
 pseudo-labels' foreground share stays far below the labeled volumes' share. It is a description of the
 pseudo-labels, not a forecast of the final Dice: on 20 runs of the pair on half-resolution LA (10 seeds,
 600 iterations) it fired in 2 of the 4 runs that ended more than 3 points behind a V-Net trained on the
-labels alone and in 2 of the 16 that did not, and no quantity the runs log separated the two groups by 30 %
+labels alone and in 3 of the 16 that did not, and no quantity the runs log separated the two groups by 30 %
 of the run (docs/results.md, "seed study").
 """
 from collections import deque
