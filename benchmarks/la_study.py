@@ -20,7 +20,11 @@ Development split (the default): first --labelnum ids of train.list labeled, the
 unlabeled, ids 61-80 as the test set. A finished run is reused only when its config.json holds the settings
 this command would train it with, every one that defines a run (train.py's run keys); a run of other
 settings stops the study with one line naming it, so a stopped study resumes where it was and a changed
-default never passes for the old one. --jobs 2 trains two runs at a time with one thread each.
+default never passes for the old one. A finished run needs no checkpoint: its config.json, train_seconds.txt
+and test results are its record, which benchmarks/results/ keeps in the repository (its .gitignore lets
+nothing else in), so `--out benchmarks/results/NAME` carries a study on across machines and sessions.
+With several seeds a per-seed table gives each method's mean, median and worst seed and the seeds that end
+more than 3 points below sup. --jobs 2 trains two runs at a time with one thread each.
 """
 import argparse
 import csv
@@ -88,7 +92,7 @@ def cache_dir(args):
 def build_cache(args):
     """Resampled copies of the volumes in the LA layout, with train.list / test.list of the split. Images are
     stored as float16 and gzip-compressed: every machine trains on the same values (rounded once, here),
-    and the dev split's 80 volumes at half resolution take under 40 MB, small enough to carry to a GPU."""
+    and the dev split's 80 volumes at half resolution take about 40 MB, small enough to carry to a GPU."""
     la = Path(args.la_root)
     if not (la / 'train.list').is_file():
         raise UsageError(f'--la_root {la}: no train.list (runs left to train need the LA data)')
