@@ -12,15 +12,13 @@ as train.py runs it (utils/collapse.py) is checked the same way, fed the block m
 """
 import argparse
 import csv
-import re
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.plot_la_study import RUN_NAME
 from utils.cli import UsageError, run_cli
 from utils.collapse import CollapseWatch
-
-RUN_NAME = re.compile(r'^(?P<method>.+)_seed(?P<seed>\d+)$')
 
 
 def read_csv(path):
