@@ -221,10 +221,12 @@ def test_pynrrd_reads_what_the_retired_reader_read(tmp_path):
               'kinds: domain domain domain\nendian: big\nencoding: gzip\n'
               'space origin: (-180.5,-170,-40)\nmodality:=LGE\n\n')
     (tmp_path / 'h.nrrd').write_bytes(header.encode() + gzip.compress(values.tobytes()))
-    array, directions = read_nrrd(tmp_path / 'h.nrrd')
+    array, affine = read_nrrd(tmp_path / 'h.nrrd')
     assert array.shape == (3, 2, 1) and array.dtype == np.dtype('=u2')
     assert array[2, 0, 0] == 2000 and array[0, 1, 0] == 3000  # F order: index i + 3 j
-    assert np.allclose(directions, np.diag([0.625, 0.625, 2.5]))
+    # left-posterior-superior turned to NIfTI's right-anterior-superior: x and y negated, origin too
+    assert np.allclose(affine[:3, :3], np.diag([-0.625, -0.625, 2.5]))
+    assert np.allclose(affine[:3, 3], [180.5, 170, -40])
 
 
 def test_without_pynrrd_one_line_names_the_file_and_the_pip_line(tmp_path, monkeypatch):

@@ -18,15 +18,18 @@ def world_axes(directions):
     return axes if sorted(axes) == [0, 1, 2] else None
 
 
+def xyz_order(directions):
+    """The stored axis along world x, y, z: the transpose to_xyz applies (np.argsort of it undoes it).
+    An oblique volume whose axes do not map one to one keeps the stored order (0, 1, 2)."""
+    axes = world_axes(directions)
+    return (0, 1, 2) if axes is None else tuple(axes.index(world) for world in range(3))
+
+
 def to_xyz(array, directions):
     """(array with axes permuted so that axis i lies along world axis i, its spacing in mm).
 
-    array: (A, B, C) as stored; directions: 3x3, row a the world vector (mm) of array axis a. An oblique
-    volume whose axes do not map one to one keeps the stored order.
+    array: (A, B, C) as stored; directions: 3x3, row a the world vector (mm) of array axis a.
     """
     spacing = axis_spacing(directions)
-    axes = world_axes(directions)
-    if axes is None:
-        return array, spacing
-    order = tuple(axes.index(world) for world in range(3))  # the array axis along world x, y, z
+    order = xyz_order(directions)
     return np.transpose(array, order), tuple(spacing[a] for a in order)
