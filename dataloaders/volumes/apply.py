@@ -36,7 +36,9 @@ class Grid:
 
 
 def scan_problem(image, recipe):
-    """One line when a scan's values do not fit the recipe's modality, else None."""
+    """One line when a scan's values are not finite or do not fit the recipe's modality, else None."""
+    if not np.isfinite(image).all():
+        return 'holds NaN or infinite values'
     low, high = float(np.min(image)), float(np.max(image))
     if recipe['modality'] == 'ct' and low > CT_BELOW:
         return (f'values {low:g} .. {high:g} hold nothing below {CT_BELOW:g}: not a CT in Hounsfield units '

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .crop import AXES
-from .errors import VolumeError
+from .errors import ProblemList, VolumeError
 from .intensity import STAGES
 from .write import write_json
 
@@ -115,7 +115,7 @@ def write_recipe(folder, recipe):
 
 def read_recipe(folder):
     """The recipe of a data folder (its dataset.json), None when it has none. Raises VolumeError naming the
-    file when it is unreadable or not a recipe this code can apply."""
+    file when it is unreadable, ProblemList (one line per problem) when it is not a recipe this code applies."""
     path = Path(folder) / RECIPE_FILE
     if not path.is_file():
         return None
@@ -125,5 +125,5 @@ def read_recipe(folder):
         raise VolumeError(f'{path}: not a readable recipe ({" ".join(str(err).split())})') from None
     problems = recipe_problems(recipe)
     if problems:
-        raise VolumeError(f'{path}: {problems[0]}')
+        raise ProblemList([f'{path}: {problem}' for problem in problems])
     return recipe
