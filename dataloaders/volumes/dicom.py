@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import VolumeError, require
+from .orient import header_precision
 
 DECODER_PIP = 'pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg'
 
@@ -75,8 +76,8 @@ def _affine(first, second, spacing):
 
 
 def read_ct_scan(folder):
-    """(HU float32 (X,Y,Z) = (columns, rows, slices by InstanceNumber), spacing (x, y, z) in mm,
-    4x4 affine in RAS mm (_affine)).
+    """(HU float32 (X,Y,Z) = (columns, rows, slices by InstanceNumber), spacing (x, y, z) in mm
+    (orient.header_precision), 4x4 affine in RAS mm (_affine)).
 
     Raises VolumeError naming the folder or file: no DICOM file, no CT slice, a slice without
     InstanceNumber, slices of different sizes, compressed pixel data without a decoder.
@@ -105,7 +106,7 @@ def read_ct_scan(folder):
     row_mm, col_mm = (float(v) for v in first.get('PixelSpacing', (1.0, 1.0)))
     z_mm = _slice_gap(first, second) if second is not None else float(first.get('SliceThickness', 1.0) or 1.0)
     # rows run along y and columns along x: (rows, cols, z) -> (x, y, z)
-    spacing = (col_mm, row_mm, z_mm)
+    spacing = header_precision((col_mm, row_mm, z_mm))
     return np.ascontiguousarray(stack.transpose(1, 0, 2)), spacing, _affine(first, second, spacing)
 
 

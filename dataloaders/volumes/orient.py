@@ -6,9 +6,16 @@ lineage's recipes write (they index the stored array as it is), and a V-Net is t
 import numpy as np
 
 
+def header_precision(values):
+    """Each of values (mm) as a float32 holds it, the precision of a NIfTI header: the same scan read from a
+    DICOM series (decimal strings) or NRRD (text) and from its NIfTI conversion gets the same spacing."""
+    return tuple(float(np.float32(v)) for v in values)
+
+
 def axis_spacing(directions):
-    """Voxel size in mm of each array axis: the length of its world vector (rows of `directions`)."""
-    return tuple(float(v) for v in np.linalg.norm(np.asarray(directions, dtype=float), axis=1))
+    """Voxel size in mm of each array axis: the length of its world vector (rows of `directions`), at
+    header_precision."""
+    return header_precision(np.linalg.norm(np.asarray(directions, dtype=float), axis=1))
 
 
 def world_axes(directions):
