@@ -12,6 +12,7 @@ import pytest
 
 from dataloaders import preprocess_la as pre
 from dataloaders.datasets import LA_SUBDIR
+from dataloaders.volumes import read_recipe
 from conftest import one_line_error, require_extra
 
 nrrd = require_extra('nrrd')
@@ -72,6 +73,9 @@ def test_case_crop_margins_and_zscore(tmp_path):
     (lo_x, hi_x), (lo_y, hi_y) = (60, 80), (50, 65)
     assert 10 <= lo_x - x0 <= 19 and 9 <= (x0 + crop.shape[0] - 1) - hi_x <= 18
     assert 10 <= lo_y - y0 <= 19 and 9 <= (y0 + crop.shape[1] - 1) - hi_y <= 18
+    recipe = read_recipe(tmp_path / 'out')  # what a new scan gets: the z-score, no crop, 255 back for the atrium
+    assert recipe['intensity'] == [{'step': 'zscore', 'voxels': 'all', 'on': 'volume'}]
+    assert recipe['crop'] == 'label' and recipe['margin'] == [10, 20] and recipe['labels'] == {'0': 0, '255': 1}
 
 
 def test_margins_cover_their_range():
