@@ -433,8 +433,7 @@ def segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib,
             if pictures is not None:
                 pictures(stem, pred, image, None, spacing=spacing)
         stage.commit()
-    written = out_dir / 'predictions_input'
-    print(f'wrote {len(sources)} label map(s) to {written}'
+    print(f'wrote {len(sources)} label map(s) to {out_dir / "predictions_input"}'
           + (f', pictures to {out_dir / "pictures_input"}' if pictures else ''))
 
 

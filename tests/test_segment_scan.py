@@ -91,6 +91,7 @@ def test_raw_scans_get_label_maps_on_their_own_grid_as_good_as_on_the_imported_c
                                                                                       capsys):
     """The acceptance: test.py --input on the original files writes maps with the originals' shape, affine and
     label values, whose Dice against the original labels is within 2 points of test.py's on the imported cases."""
+    require_extra('matplotlib')  # --save_png
     test_ids = (imported / 'data' / 'test.list').read_text().split()
     scans = tmp_path / 'scans'
     scans.mkdir()
