@@ -188,7 +188,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         cases = preprocess_pancreas(args.out_dir, args.label_dir, args.dicom_dir, args.nifti_dir, args.recipe,
-                                    args.lists, args.spacing, args.order, command=command_line(f'dataloaders.{PROG}', argv))
+                                    args.lists, args.spacing, args.order,
+                                    command=command_line(f'dataloaders.{PROG}', argv))
     except (ValueError, OSError) as err:
         fail(PROG, getattr(err, 'lines', [err]))
     print(f'{PROG}: wrote {len(cases)} cases to {args.out_dir} (recipe {args.recipe}, lists '

@@ -15,8 +15,8 @@ import train
 from conftest import require_extra
 from dataloaders import import_volumes as iv
 from dataloaders.check import check_folder
-from dataloaders.volumes import (RECIPE_FILE, class_values, make_recipe, read_recipe, read_scan, to_network_grid,
-                                 to_scan_grid, to_stored)
+from dataloaders.volumes import (RECIPE_FILE, class_values, make_recipe, read_recipe, read_scan, recipe_problems,
+                                 to_network_grid, to_scan_grid, to_stored)
 from make_volumes import write_ct_series, write_nifti
 from test_test_script import cli
 
@@ -174,6 +174,18 @@ def test_resample_and_crop_round_trip_gives_back_the_label_map_up_to_its_border(
     organ, cube = label != 0, np.ones((3, 3, 3), bool)
     border = ndimage.binary_dilation(organ, cube) & ~ndimage.binary_erosion(organ, cube)
     assert border[back != label].all()  # every disagreement has the other class among its 26 neighbours
+
+
+@pytest.mark.parametrize('key, value', [
+    ('crop_axes', ['x', 'y']), ('labels', {'0': 0, 'organ': 1}), ('labels', {'0': 0, '3': 'one'}), ('margin', True),
+    ('intensity', [{'step': 'window', 'window': [275, -125], 'on': 'crop'}]), ('spacing', [1.0, 1.0]),
+])
+def test_a_bad_recipe_value_is_one_line_naming_its_key(key, value):
+    recipe = identity_recipe(2)
+    assert recipe_problems(recipe) == []
+    recipe[key] = value
+    problems = recipe_problems(recipe)
+    assert len(problems) == 1 and problems[0].startswith(f'{key} {json.dumps(value)} is not ')
 
 
 def test_class_values_invert_the_recipes_label_map():

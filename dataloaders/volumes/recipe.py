@@ -46,6 +46,10 @@ def make_recipe(modality, reorient, spacing, order, intensity, crop, crop_axes, 
             'num_classes': len(values), 'command': command}
 
 
+def _int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _numbers(value, count, kind=(int, float)):
     return (isinstance(value, list) and len(value) == count
             and all(isinstance(v, kind) and not isinstance(v, bool) and math.isfinite(v) for v in value))
@@ -55,16 +59,20 @@ def _step_ok(step):
     if not isinstance(step, dict) or step.get('on') not in STAGES:
         return False
     if step.get('step') == 'window':
-        return set(step) == {'step', 'window', 'on'} and _numbers(step['window'], 2) and step['window'][0] < step['window'][1]
-    return step.get('step') == 'zscore' and set(step) == {'step', 'voxels', 'on'} and step['voxels'] in ('all', 'nonzero')
+        return (set(step) == {'step', 'window', 'on'} and _numbers(step['window'], 2)
+                and step['window'][0] < step['window'][1])
+    return (step.get('step') == 'zscore' and set(step) == {'step', 'voxels', 'on'}
+            and step['voxels'] in ('all', 'nonzero'))
 
 
 def _labels_ok(labels):
-    try:
-        [float(k) for k in labels]
-    except (TypeError, ValueError):
+    if not isinstance(labels, dict) or not all(_int(c) for c in labels.values()):
         return False
-    return isinstance(labels, dict) and sorted(labels.values()) == list(range(len(labels)))
+    try:
+        [float(value) for value in labels]
+    except ValueError:
+        return False
+    return sorted(labels.values()) == list(range(len(labels)))
 
 
 # key -> (test of its value, what it must be)
@@ -72,15 +80,14 @@ CHECKS = {
     'modality': (lambda v: v in ('ct', 'mr'), '"ct" or "mr"'),
     'reorient': (lambda v: isinstance(v, bool), 'true or false'),
     'spacing': (lambda v: v is None or (_numbers(v, 3) and min(v) > 0), 'null or three positive numbers'),
-    'order': (lambda v: v in (1, 3) and not isinstance(v, bool), '1 or 3'),
+    'order': (lambda v: _int(v) and v in (1, 3), '1 or 3'),
     'intensity': (lambda v: isinstance(v, list) and all(_step_ok(s) for s in v), 'a list of window/zscore steps'),
     'crop': (lambda v: v in CROPS, ' or '.join(CROPS)),
-    'crop_axes': (lambda v: v in AXES, ' or '.join(AXES)),
-    'margin': (lambda v: (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
-               or (_numbers(v, 2, int) and 0 <= v[0] < v[1]), 'an int >= 0 or [lo, hi]'),
+    'crop_axes': (lambda v: v in tuple(AXES), ' or '.join(AXES)),
+    'margin': (lambda v: (_int(v) and v >= 0) or (_numbers(v, 2, int) and 0 <= v[0] < v[1]), 'an int >= 0 or [lo, hi]'),
     'min_size': (lambda v: _numbers(v, 3, int) and min(v) >= 1, 'three positive ints'),
     'labels': (_labels_ok, 'a map of label values to the classes 0..C-1'),
-    'num_classes': (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 2, 'an int >= 2'),
+    'num_classes': (lambda v: _int(v) and v >= 2, 'an int >= 2'),
     'command': (lambda v: isinstance(v, str), 'a string'),
 }
 
