@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 
 from dataloaders.volumes import VolumeError, read_ct_scan, read_scan
+from dataloaders.volumes.orient import axis_spacing
 from utils.cli import UsageError
 
 VOLUME_SUFFIXES = ('.nii.gz', '.nii', '.nrrd', '.h5', '.hdf5', '.npy')
@@ -59,7 +60,7 @@ def read_scan_input(path):
         image, _, affine = read_ct_scan(path)
     else:
         image, affine = read_scan(path)
-    return np.asarray(image, dtype=np.float32), affine, tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    return np.asarray(image, dtype=np.float32), affine, axis_spacing(affine[:3, :3].T)
 
 
 def read_volume(path):
