@@ -17,7 +17,7 @@ from dataloaders import import_volumes as iv
 from dataloaders.check import check_folder
 from dataloaders.volumes import (RECIPE_FILE, class_values, make_recipe, read_recipe, read_scan, recipe_problems,
                                  to_network_grid, to_scan_grid, to_stored)
-from make_volumes import write_ct_series, write_nifti
+from make_volumes import write_ct_series, write_nifti, write_nrrd
 from test_test_script import cli
 
 SPACING = (0.8, 0.8, 2.5)
@@ -118,21 +118,25 @@ def test_raw_scans_get_label_maps_on_their_own_grid_as_good_as_on_the_imported_c
     assert pictures == [f'{case_id}.png' for case_id in test_ids]
 
 
-def test_a_ct_dicom_series_gets_the_map_of_the_same_scan_as_nifti(imported, trained, tmp_path):
+def test_the_same_scan_as_dicom_series_nrrd_and_nifti_gets_the_same_map(imported, trained, tmp_path):
     image, _ = ct_case(0)
-    write_ct_series(tmp_path / 'series' / 'ct_0', (image + 1024).astype(np.int16), intercept=-1024.0,
-                    pixel_mm=SPACING[:2], slice_mm=SPACING[2])
-    write_nifti(tmp_path / 'nifti' / 'ct_0.nii.gz', image, affine=AFFINE)
+    scans = {'series': write_ct_series(tmp_path / 'series' / 'ct_0', (image + 1024).astype(np.int16),
+                                       intercept=-1024.0, pixel_mm=SPACING[:2], slice_mm=SPACING[2]),
+             'nrrd': write_nrrd(tmp_path / 'nrrd' / 'ct_0.nrrd', image, spacing=SPACING),
+             'nifti': write_nifti(tmp_path / 'nifti' / 'ct_0.nii.gz', image, affine=AFFINE)}
     maps = {}
-    for kind, scan in (('series', tmp_path / 'series' / 'ct_0'), ('nifti', tmp_path / 'nifti' / 'ct_0.nii.gz')):
+    for kind, scan in scans.items():
         assert cli(['--checkpoint', str(trained), '--gpu', '-1', '--no_progress', '--input', str(scan),
                     '--out_dir', str(tmp_path / f'out_{kind}')]) == 0
         maps[kind] = read_scan(tmp_path / f'out_{kind}' / 'predictions_input' / 'ct_0_pred.nii.gz')
-    np.testing.assert_array_equal(maps['series'][0], maps['nifti'][0])
-    assert set(np.unique(maps['series'][0])) == {0, ORGAN}
-    np.testing.assert_array_equal(maps['nifti'][1], read_scan(tmp_path / 'nifti' / 'ct_0.nii.gz')[1])
-    # the series' affine: without ImageOrientationPatient, the diagonal of its spacing
+    for kind in ('series', 'nrrd'):
+        np.testing.assert_array_equal(maps[kind][0], maps['nifti'][0])
+    assert set(np.unique(maps['nifti'][0])) == {0, ORGAN}
+    np.testing.assert_array_equal(maps['nifti'][1], read_scan(scans['nifti'])[1])
+    # the series' affine: without ImageOrientationPatient, the diagonal of its spacing; the NRRD's: its
+    # left-posterior-superior space turned to NIfTI's right-anterior-superior
     np.testing.assert_allclose(maps['series'][1], np.diag([*SPACING, 1.0]))
+    np.testing.assert_allclose(maps['nrrd'][1], np.diag([-SPACING[0], -SPACING[1], SPACING[2], 1.0]))
 
 
 # ----------------------------------------------------------------------------- the geometric inverse alone
