@@ -94,7 +94,9 @@ def check_folder(root_path, split='train', list_file=None, num_classes=None, pat
                                 f'1st-99th percentile {s["p1"]:.2f} .. {s["p99"]:.2f}')
     n = len(dataset)
     if problems:
-        return problems, f'{n - len(shapes)} of {n} cases in {dataset.list_file} have problems', stats
+        bad = n - len(shapes)
+        return problems, (f'{bad} of {n} cases in {dataset.list_file} have problems' if bad else
+                          f'the {n} cases of {dataset.list_file} are OK, {Path(root_path) / RECIPE_FILE} is not'), stats
     recipe = f'; recipe {RECIPE_FILE} OK' if has_recipe else ''
     lo = 'x'.join(str(min(s[d] for s in shapes)) for d in range(3))
     hi = 'x'.join(str(max(s[d] for s in shapes)) for d in range(3))
