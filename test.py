@@ -5,11 +5,14 @@
     python test.py --vnet_ckpt vnet.pth --resnet_ckpt resnet.pth    # state dicts saved by the published code
     python test.py --labelnum 8 --overlap 0.5 --gaussian            # far fewer windows, nearly the same masks
     python test.py --labelnum 8 --input scans/                      # label maps for new volumes, no metrics
+    python test.py --checkpoint RUN/final.pth --input scan.nii.gz   # through the data's import recipe
 
 Writes into the run folder (or --out_dir): test_cases.csv (one row per case), test_summary.json (mean and
 std of each metric, empty cases, settings, checkpoint, wall time) and, with --save_pred, predictions/; prints
 a Markdown table of mean ± std. The architecture (method, n_filters, num_classes, patch size, file pattern)
-comes from the checkpoint, so only the flags that locate the run folder need repeating.
+comes from the checkpoint, so only the flags that locate the run folder need repeating. So does the import
+recipe of the data it was trained on (dataset.json): --input applies it to a NIfTI, NRRD or DICOM scan and
+writes the label map on the scan's own grid.
 """
 import argparse
 import csv
@@ -25,13 +28,15 @@ from tqdm import tqdm
 
 from dataloaders import NORMALIZE_MODES, H5Dataset, NormalizeIntensity, normalize_intensity
 from dataloaders.pictures import optional_import, save_case_png
+from dataloaders.volumes import StagingDir, recipe_problems, scan_problem, to_network_grid, to_scan_grid, to_stored
 from utils.checkpoint import CheckpointError, load_checkpoint, load_weights
 from utils.cli import OneLineParser, UsageError, run_cli
 from utils.config import PRESETS, add_common_args, build_net, resolve, select_device, use_channels_last
 from utils.inference import gaussian_weight, keep_largest_components, overlap_strides, test_all_case, test_single_case
 from utils.metrics import METRICS, calculate_metric_percase, summarize
-from utils.volume_io import (PredictionWriter, UniqueNames, input_files, label_dtype, label_map_suffix,
-                             nibabel_or_none, read_volume, spacing_affine, volume_suffix, write_label_map)
+from utils.volume_io import (PredictionWriter, UniqueNames, input_files, is_scan, label_dtype, label_map_suffix,
+                             nibabel_or_none, read_scan_input, read_volume, spacing_affine, volume_suffix,
+                             write_label_map)
 
 # Settings a project checkpoint fixes (its weights only fit these) ...
 ARCH_KEYS = ('n_filters', 'num_classes')
@@ -74,8 +79,10 @@ def build_parser():
     g.add_argument('--split', default='test', help='evaluates <split>.list of the dataset folder (default test)')
     g.add_argument('--list_file', default=None, help='a list file of case ids instead of --split')
     g.add_argument('--input', default=None,
-                   help='segment a volume or a folder of volumes (.h5 with "image", .npy, .nii/.nii.gz) '
-                        'and write label maps; no metrics')
+                   help='segment a volume or a folder of volumes (.h5 with "image", .npy, .nii/.nii.gz; with the '
+                        "checkpoint's import recipe also .nrrd and a DICOM series folder) and write label maps; "
+                        'no metrics. A scan goes through the recipe: its map, <name>_pred.nii.gz, has the '
+                        "scan's shape, affine and label values")
     g.add_argument('--normalize', choices=NORMALIZE_MODES, default=None,
                    help="intensity normalisation of every volume read (default: the checkpoint's; published "
                         "state dicts: none)")
@@ -184,6 +191,13 @@ def load_project(cfg, explicit, notes):
 
     if cfg['normalize'] is None:  # checkpoints from before the flag trained on the stored values
         cfg['normalize'] = saved.get('normalize', 'none')
+    recipe = saved.get('recipe')
+    if recipe is not None:
+        problems = recipe_problems(recipe)
+        if not problems and recipe['num_classes'] != cfg['num_classes']:
+            problems = [f'num_classes {recipe["num_classes"]}, but the networks have {cfg["num_classes"]}']
+        if problems:
+            raise CheckpointError(f'{path}: its import recipe (the data folder\'s dataset.json): {problems[0]}')
     available = ['a', 'b'] if 'net_b' in ckpt else ['a']
     which = chosen_nets(cfg['nets'], available, 'both' if method == 'dual' else 'a', f'{path} ({method})')
     nets = {}
@@ -192,7 +206,7 @@ def load_project(cfg, explicit, notes):
         load_weights(net, ckpt[f'net_{w}'], f'{path} [net_{w}]')
         nets[w] = net
     return nets, {'checkpoint': str(path), 'iteration': ckpt.get('iteration'), 'run_dir': str(path.parent),
-                  'label': method}
+                  'label': method, 'recipe': recipe}
 
 
 def load_published(cfg):
@@ -218,7 +232,7 @@ def load_published(cfg):
         load_weights(net, state, f'{flag} {path}')
         nets[w] = net
     return nets, {'checkpoint': {w: str(Path(files[w])) for w in which}, 'iteration': None,
-                  'run_dir': cfg['snapshot_path'], 'label': 'published'}
+                  'run_dir': cfg['snapshot_path'], 'label': 'published', 'recipe': None}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -232,14 +246,16 @@ class PictureWriter:
         self.names = UniqueNames()
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def __call__(self, case_id, pred, image, label, score=None):
-        """label None (a volume of --input): the prediction alone, no Dice."""
+    def __call__(self, case_id, pred, image, label, score=None, spacing=None):
+        """label None (a volume of --input): the prediction alone, no Dice. spacing: this case's voxel size
+        (default the writer's)."""
         if label is None:
             title = f'{case_id} (no label)'
         else:
             title = f'{case_id}: Dice {100 * calculate_metric_percase(pred, label)[0]:.1f} %'
         path = self.folder / (self.names(str(case_id), '.png') + '.png')
-        save_case_png(path, image, label, pred, title, self.spacing, flag='--save_png')
+        save_case_png(path, image, label, pred, title, self.spacing if spacing is None else spacing,
+                      flag='--save_png')
 
 
 def each(savers):
@@ -345,39 +361,80 @@ def window_settings(cfg, explicit):
     return stride_xy, stride_z, weight
 
 
-def segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib):
-    """--input: one label map per volume, <name>_pred in the volume's format (or --nifti / --h5's), into
-    <out_dir>/predictions_input."""
-    files = input_files(cfg['input'])
-    folder = out_dir / 'predictions_input'
-    folder.mkdir(parents=True, exist_ok=True)
+def check_inputs(sources, recipe, checkpoint, nib):
+    """Refuse, before any work, an --input volume that cannot be segmented with this checkpoint."""
+    for path in sources:
+        if recipe is None and (path.is_dir() or volume_suffix(path) == '.nrrd'):
+            raise UsageError(f'--input {path}: NRRD and DICOM scans are read through the import recipe (dataset.json) '
+                             f'of the data a checkpoint was trained on, and {checkpoint} holds none')
+    if recipe is not None and nib is None and any(is_scan(p) for p in sources):
+        raise UsageError(f'--input {sources[0]}: the label map of a scan is written as NIfTI, which needs nibabel: '
+                         'pip install nibabel')
+
+
+def segment_scan(path, recipe, segment, normalize, lcc):
+    """(label map as the scan stores it, the scan, its affine, its voxel size) of a scan through the import
+    recipe: onto the network's grid, the sliding window segment(image) -> (label, scores), and back.
+    normalize: the checkpoint's --normalize, applied after the recipe as training applied it to the cases."""
+    image, affine, spacing = read_scan_input(path)
+    problem = scan_problem(image, recipe)
+    if problem is not None:
+        raise UsageError(f'--input {path}: {problem}')
+    network_image, grid = to_network_grid(image, affine, recipe, name=str(path))
+    _, score = segment(normalize_intensity(network_image, normalize))
+    classes = to_scan_grid(score, grid, recipe)
+    if lcc:
+        classes = keep_largest_components(classes, recipe['num_classes'])
+    return to_stored(classes, grid, recipe), image, affine, spacing
+
+
+def segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib, info):
+    """--input: one label map per volume into <out_dir>/predictions_input, written only once every volume is
+    segmented. With the checkpoint's import recipe, a scan (NIfTI, NRRD, DICOM series) goes through it and
+    its map <name>_pred.nii.gz has the scan's shape, affine and label values; other volumes (.h5 and .npy,
+    cases already imported) and every volume without a recipe are segmented as stored, their map <name>_pred
+    in the volume's format (or --nifti / --h5's)."""
+    recipe = info['recipe']
+    sources = input_files(cfg['input'], series=recipe is not None)
+    check_inputs(sources, recipe, info['checkpoint'], nib)
+    if recipe is not None and recipe['crop'] == 'label' and any(is_scan(p) for p in sources):
+        print('note: the import recipe crops around the ground-truth label, which a new scan lacks: the whole scan '
+              'is segmented', file=sys.stderr)
+
+    def segment(image):
+        return test_single_case(list(nets.values()), image, stride_xy, stride_z, cfg['patch_size'], cfg['num_classes'],
+                                device=device, batch_size=cfg['batch_windows'], weight=weight,
+                                channels_last=cfg['channels_last'], amp=cfg['amp'])
     names = UniqueNames()
-    pictures = PictureWriter(out_dir / 'pictures_input', cfg['spacing']) if cfg['save_png'] else None
-    written = []
-    for path in tqdm(files, desc='segment', unit='volume', disable=cfg['no_progress']):
-        image, affine = read_volume(path)
-        mean, std = float(image.mean()), float(image.std())
-        # the normalisation the networks were trained with, exactly as training applied it
-        image = normalize_intensity(image, cfg['normalize'])
-        if cfg['normalize'] == 'none' and (abs(mean) > 1.0 or not 0.2 < std < 5.0):
-            tqdm.write(f'note: {path.name}: mean {mean:.3g}, std {std:.3g}, but the networks were trained on '
-                       f'z-scored volumes; pass --normalize zscore if it is not normalised', file=sys.stderr)
-        pred, _ = test_single_case(list(nets.values()), image, stride_xy, stride_z, cfg['patch_size'],
-                                   cfg['num_classes'], device=device, batch_size=cfg['batch_windows'],
-                                   weight=weight, channels_last=cfg['channels_last'], amp=cfg['amp'])
-        if cfg['lcc']:
-            pred = keep_largest_components(pred, cfg['num_classes'])
-        pred = pred.astype(label_dtype(cfg['num_classes']))
-        suffix = volume_suffix(path)
-        kind = label_map_suffix(suffix, cfg['nifti'], cfg['h5'])
-        target = folder / (names(path.name[:-len(suffix)] + '_pred', kind) + kind)
-        write_label_map(pred, target, nib, affine if affine is not None else spacing_affine(cfg['spacing']),
-                        source=path)
-        written.append(target)
-        if pictures is not None:
-            pictures(path.name[:-len(suffix)], pred, image, None)
-    print(f'wrote {len(written)} label map(s) to {folder}' + (f', pictures to {pictures.folder}' if pictures else ''))
-    return written
+    with StagingDir(out_dir) as stage:
+        folder = stage.path / 'predictions_input'
+        folder.mkdir()
+        pictures = PictureWriter(stage.path / 'pictures_input', cfg['spacing']) if cfg['save_png'] else None
+        for path in tqdm(sources, desc='segment', unit='volume', disable=cfg['no_progress']):
+            stem = path.name if path.is_dir() else path.name[:-len(volume_suffix(path))]
+            if recipe is not None and is_scan(path):
+                pred, image, affine, spacing = segment_scan(path, recipe, segment, cfg['normalize'], cfg['lcc'])
+                kind = '.nii.gz'
+            else:
+                image, affine = read_volume(path)
+                mean, std = float(image.mean()), float(image.std())
+                # the normalisation the networks were trained with, exactly as training applied it
+                image = normalize_intensity(image, cfg['normalize'])
+                if cfg['normalize'] == 'none' and (abs(mean) > 1.0 or not 0.2 < std < 5.0):
+                    tqdm.write(f'note: {path.name}: mean {mean:.3g}, std {std:.3g}, but the networks were trained on '
+                               f'z-scored volumes; pass --normalize zscore if it is not normalised', file=sys.stderr)
+                pred, _ = segment(image)
+                if cfg['lcc']:
+                    pred = keep_largest_components(pred, cfg['num_classes'])
+                pred = pred.astype(label_dtype(cfg['num_classes']))
+                kind = label_map_suffix(volume_suffix(path), cfg['nifti'], cfg['h5'])
+                affine, spacing = (affine if affine is not None else spacing_affine(cfg['spacing'])), None
+            write_label_map(pred, folder / (names(stem + '_pred', kind) + kind), nib, affine, source=path)
+            if pictures is not None:
+                pictures(stem, pred, image, None, spacing=spacing)
+        stage.commit()
+    print(f'wrote {len(sources)} label map(s) to {out_dir / "predictions_input"}'
+          + (f', pictures to {out_dir / "pictures_input"}' if pictures else ''))
 
 
 def main(argv=None):
@@ -399,13 +456,13 @@ def main(argv=None):
         net.to(device).eval()
     stride_xy, stride_z, weight = window_settings(cfg, explicit)
     out_dir = Path(cfg['out_dir'] if cfg['out_dir'] is not None else info['run_dir'])
-    out_dir.mkdir(parents=True, exist_ok=True)
     for note in notes:
         print(f'note: {note}', file=sys.stderr)
     names = '+'.join(w.upper() for w in nets)
     if cfg['input'] is not None:
-        segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib)
+        segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib, info)
         return
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     if cfg['root_path'] is None:
         raise UsageError(f'--dataset {cfg["dataset"]} has no default folder: pass --root_path')

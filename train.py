@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from dataloaders import (NORMALIZE_MODES, Compose, H5Dataset, IterationBatchSampler, LabeledBatchSampler,
                          NormalizeIntensity, RandomCrop, RandomRotFlip, ToTensor, TwoStreamBatchSampler)
+from dataloaders.volumes import read_recipe
 from losses import (FILTER_MODES, confident_disagreement, cosine_consistency_loss, cps_loss, cross_pseudo_label,
                     mutual_correction_loss, prototype_contrastive_loss, softmax_mse_loss, supervised_loss, urps_loss)
 from utils.checkpoint import save_checkpoint
@@ -343,6 +344,8 @@ def main(argv=None):
 
     # --- data: check the folder first, then the two-stream sampler over iterations ---
     train_set, val_set = load_data(cfg, is_main, world_size)
+    # the import recipe travels with the model (config.json, every checkpoint): test.py --input applies it
+    cfg['recipe'] = read_recipe(cfg['root_path'])
     batches = batch_sampler(cfg, len(train_set), rank, world_size)
 
     # --- networks and optimisers: one SGD per network; the same initial weights on every rank ---

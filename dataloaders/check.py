@@ -1,4 +1,5 @@
-"""Check a dataset folder before training: lists, files, keys, shapes, dtypes, label values, NaN, intensities.
+"""Check a dataset folder before training: lists, files, keys, shapes, dtypes, label values, NaN, intensities,
+and the import recipe (dataset.json) when the folder has one.
 
     python -m dataloaders.check --root_path data/LA [--split train] [--list_file F] [--num_classes 2]
     python -m dataloaders.check --root_path data/LA --stats --png pictures/
@@ -15,6 +16,7 @@ import numpy as np
 
 from .datasets import LA_PATTERN, LA_SUBDIR, DatasetError, H5Dataset, inspect_case
 from .pictures import optional_import, save_case_png
+from .volumes import RECIPE_FILE, VolumeError, read_recipe
 
 PERCENTILES = (1, 50, 99)
 # Fewer cases than this have no majority to call one of them far from the others.
@@ -53,17 +55,30 @@ def stats_table(stats):
     return lines
 
 
+def recipe_check(root_path, num_classes):
+    """(problems of the folder's dataset.json, one line each; whether it has one)."""
+    try:
+        recipe = read_recipe(root_path)
+    except VolumeError as err:
+        return getattr(err, 'lines', [str(err)]), True
+    if recipe is not None and num_classes is not None and recipe['num_classes'] != num_classes:
+        return [f'{Path(root_path) / RECIPE_FILE}: num_classes {recipe["num_classes"]}, but --num_classes is '
+                f'{num_classes}'], True
+    return [], recipe is not None
+
+
 def check_folder(root_path, split='train', list_file=None, num_classes=None, pattern=LA_PATTERN,
                  subdir=LA_SUBDIR, png_dir=None):
     """(problems: list of one-line str, summary: str, intensity stats {case id: dict} of the good cases).
 
     Reads every case once; with png_dir, writes <png_dir>/<case id>.png of each good case on the way.
     """
+    recipe_problems, has_recipe = recipe_check(root_path, num_classes)
     try:
         dataset = H5Dataset(root_path, split=split, list_file=list_file, pattern=pattern, subdir=subdir)
     except DatasetError as e:
-        return [str(e)], '', {}
-    problems, shapes, stats, top_label = [], [], {}, 0
+        return recipe_problems + [str(e)], '', {}
+    problems, shapes, stats, top_label = list(recipe_problems), [], {}, 0
     for i, case_id in enumerate(dataset.ids):
         path = dataset.case_path(i)
         image, label, case_problems = inspect_case(path, num_classes)
@@ -79,14 +94,17 @@ def check_folder(root_path, split='train', list_file=None, num_classes=None, pat
                                 f'1st-99th percentile {s["p1"]:.2f} .. {s["p99"]:.2f}')
     n = len(dataset)
     if problems:
-        return problems, f'{n - len(shapes)} of {n} cases in {dataset.list_file} have problems', stats
+        bad = n - len(shapes)
+        return problems, (f'{bad} of {n} cases in {dataset.list_file} have problems' if bad else
+                          f'the {n} cases of {dataset.list_file} are OK, {Path(root_path) / RECIPE_FILE} is not'), stats
+    recipe = f'; recipe {RECIPE_FILE} OK' if has_recipe else ''
     lo = 'x'.join(str(min(s[d] for s in shapes)) for d in range(3))
     hi = 'x'.join(str(max(s[d] for s in shapes)) for d in range(3))
     classes = f'num_classes {num_classes}' if num_classes is not None else 'num_classes not checked'
     scales = [s['scale'] for s in stats.values()]
     return [], (f'{n} cases OK ({dataset.list_file}; files {dataset.data_dir}; sizes {lo} .. {hi}; '
                 f'labels 0..{top_label}; {classes}; intensity scale {min(scales):.3g} .. {max(scales):.3g}, '
-                f'median {float(np.median(scales)):.3g})'), stats
+                f'median {float(np.median(scales)):.3g}){recipe}'), stats
 
 
 def main(argv=None):

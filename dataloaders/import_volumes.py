@@ -12,7 +12,8 @@ label values, finite intensities), one line per problem; nothing is written unle
   OUT/<id>.h5 ('image' float32, 'label' uint8 0..C-1, (X,Y,Z), gzip).
 Label values are mapped in order to 0..C-1 and the mapping is printed. OUT/train.list and OUT/test.list
 (--test_ids, or a seeded --test_fraction of the cases) follow; the first --labelnum ids of train.list are
-the labeled ones in training.
+the labeled ones in training. OUT/dataset.json records every step and its settings (volumes/recipe.py), and
+each case goes through that record: test.py applies the same steps to a new scan.
 
 --crop nonzero (default) keeps the box of the voxels above the volume's minimum (the body or the field of
 view) and needs no label. --crop label keeps --margin voxels on each side of the label's box (grown to
@@ -26,9 +27,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .datasets import DatasetError, check_case_id, read_list
-from .volumes import (AXES, ProblemList, StagingDir, VolumeError, body_mask, ct_window, label_box, pad_to, pair_files,
-                      read_volume, resample_pair, write_case_h5, write_list, zscore)
-from .volumes.args import fail, numbers
+from .volumes import (AXES, ProblemList, StagingDir, VolumeError, apply_steps, class_values, crop_box, make_recipe,
+                      pad_to, pair_files, read_volume, resample_pair, write_case_h5, write_list, write_recipe)
+from .volumes.args import command_line, fail, numbers
 
 PROG = 'import_volumes'
 MAX_CLASSES = 255  # labels are stored as uint8
@@ -97,34 +98,32 @@ def split_ids(ids, test_ids=None, test_fraction=0.2, seed=0):
     return sorted(i for i in ids if i not in test), sorted(i for i in ids if i in test), problems
 
 
-def import_case(image, label, spacing, classes, modality='ct', target=None, order=1, crop='nonzero',
-                crop_axes='xyz', margin=25, min_size=(96, 96, 96), window=(-125.0, 275.0), nonzero=False,
-                name='image'):
-    """One checked case -> (image float32, label uint8 in 0..C-1), both (X,Y,Z); module docstring's steps.
+def volumes_recipe(modality, values, target=None, order=1, crop='nonzero', crop_axes='xyz', margin=25,
+                   min_size=(96, 96, 96), window=(-125.0, 275.0), nonzero=False, command=''):
+    """The recipe (volumes/recipe.py) of an import with these settings; values: the sorted label values of
+    all cases (label_classes). The intensity step comes after the crop: ct the window, mr the z-score."""
+    step = ({'step': 'window', 'window': [float(window[0]), float(window[1])], 'on': 'crop'} if modality == 'ct'
+            else {'step': 'zscore', 'voxels': 'nonzero' if nonzero else 'all', 'on': 'crop'})
+    return make_recipe(modality, True, target, order, [step], crop, crop_axes, margin, min_size, values, command)
 
-    classes: the sorted label values of all cases (label_classes), mapped to 0..C-1.
-    """
-    image, label, _ = resample_pair(image, label, spacing, target, order)
-    label = np.searchsorted(classes, label).astype(np.uint8)
-    if crop != 'none':
-        axes = AXES[crop_axes]
-        # the body box is the content itself; the label box keeps `margin` voxels of context on each side
-        # (label_box's stop is exclusive from the last mask index: one more after than the lineage's)
-        mask, keep = (label, margin) if crop == 'label' else (body_mask(image), 0)
-        box = label_box(mask, [(keep, keep + 1)] * len(axes), [min_size[a] for a in axes], axes)
+
+def import_case(image, label, spacing, recipe, name='image'):
+    """One checked case -> (image float32, label uint8 in 0..C-1), both (X,Y,Z), through the recipe:
+    resample, map the label values to their classes, crop, intensity, pad."""
+    image, label, _ = resample_pair(image, label, spacing, recipe['spacing'], recipe['order'])
+    label = np.searchsorted(class_values(recipe), label).astype(np.uint8)
+    box = crop_box(image, label, recipe['crop'], AXES[recipe['crop_axes']], recipe['margin'], recipe['min_size'])
+    if box is not None:
         image, label = image[box], label[box]
-    if modality == 'ct':
-        image = ct_window(image, *window)
-    else:
-        image = zscore(image, nonzero=nonzero, name=name)
-    return pad_to(image, min_size, float(image.min())), pad_to(label, min_size, 0)
+    image = apply_steps(image, recipe['intensity'], 'crop', name)
+    return pad_to(image, recipe['min_size'], float(image.min())), pad_to(label, recipe['min_size'], 0)
 
 
 def import_volumes(images, labels, out_dir, modality, target=None, crop='nonzero', test_ids=None,
                    test_fraction=0.2, seed=0, warn=print, progress=True, **case_options):
-    """Check every pair, then write OUT/<id>.h5, train.list and test.list (module docstring).
+    """Check every pair, then write OUT/<id>.h5, train.list, test.list and dataset.json (module docstring).
 
-    case_options go to import_case (order, crop_axes, margin, min_size, window, nonzero).
+    case_options go to volumes_recipe (order, crop_axes, margin, min_size, window, nonzero, command).
     Returns (train ids, test ids, number of classes). Raises ProblemList (a VolumeError) whose .lines
     name every problem; nothing is written then.
     """
@@ -153,13 +152,14 @@ def import_volumes(images, labels, out_dir, modality, target=None, crop='nonzero
     warn(f'{PROG}: {mapping}')
     if crop == 'label':
         warn(LABEL_CROP_WARNING)
+    recipe = volumes_recipe(modality, classes, target, crop=crop, **case_options)
     with StagingDir(out_dir) as stage:
         for case_id, (image_path, label_path) in tqdm(pairs.items(), desc=PROG, unit='case', disable=not progress):
             image, spacing = read_volume(image_path)
             label, _ = read_volume(label_path)
-            image, label = import_case(image, label, spacing, classes, modality, target, crop=crop,
-                                       name=str(image_path), **case_options)
+            image, label = import_case(image, label, spacing, recipe, name=str(image_path))
             write_case_h5(stage.path / f'{case_id}.h5', image, label)
+        write_recipe(stage.path, recipe)
         write_list(stage.path / 'train.list', train)
         if test:
             write_list(stage.path / 'test.list', test)
@@ -200,7 +200,8 @@ def main(argv=None):
         train, test, classes = import_volumes(
             args.images, args.labels, args.out_dir, args.modality, args.spacing, args.crop, test_ids,
             args.test_fraction, args.seed, order=args.order, crop_axes=args.crop_axes, margin=args.margin,
-            min_size=args.min_size, window=args.window, nonzero=args.nonzero)
+            min_size=args.min_size, window=args.window, nonzero=args.nonzero,
+            command=command_line(f'dataloaders.{PROG}', argv))
     except (ValueError, OSError) as err:
         fail(PROG, getattr(err, 'lines', [err]))
     print(f'{PROG}: wrote {len(train) + len(test)} cases to {args.out_dir} ({len(train)} in train.list, '

@@ -4,8 +4,9 @@
 
 RAW holds one folder per case, RAW/<id>/lgemri.nrrd (the LGE-MRI volume) and
 RAW/<id>/laendo.nrrd (the atrium mask, 0/255). Written: OUT/2018LA_Seg_Training Set/<id>/
-mri_norm2.h5 ('image' float32, 'label' uint8 0/1, both (X,Y,Z), gzip) and OUT/train.list
-(every case id, sorted, or the ids of --list; --test_list also writes OUT/test.list).
+mri_norm2.h5 ('image' float32, 'label' uint8 0/1, both (X,Y,Z), gzip), OUT/train.list
+(every case id, sorted, or the ids of --list; --test_list also writes OUT/test.list) and OUT/dataset.json,
+the recipe as data (volumes/recipe.py).
 The NRRD files are read by pynrrd, an optional package (pip install pynrrd); without it the first
 file read says so in one line. This is a recipe of the import pipeline (dataloaders/volumes/).
 
@@ -35,8 +36,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .datasets import LA_SUBDIR, DatasetError, read_list
-from .volumes import StagingDir, VolumeError, label_box, read_volume, write_case_h5, write_list
-from .volumes import zscore as _zscore  # the parameter `zscore` names the statistics mode
+from .volumes import (StagingDir, VolumeError, apply_steps, label_box, make_recipe, read_volume, write_case_h5,
+                      write_list, write_recipe)
+from .volumes.args import command_line
 
 IMAGE_FILE, LABEL_FILE = 'lgemri.nrrd', 'laendo.nrrd'
 CAVEAT = ('Caveat: this preprocessing crops every volume, test volumes included, around its '
@@ -77,12 +79,18 @@ def preprocess_case(image, laendo, rng, margin=(10, 20), min_extent=(112, 112), 
     box = crop_box(label, rng.integers(margin[0], margin[1], size=4), min_extent)
     if zscore not in ('volume', 'crop'):
         raise PreprocessError(f"zscore must be 'volume' or 'crop', got {zscore!r}")
-    if zscore == 'crop':
-        image = image[box]
-    image = _zscore(image, name=f"{name}: {IMAGE_FILE}")
-    if zscore == 'volume':
-        image = image[box]
+    steps = la_recipe(margin, zscore)['intensity']
+    image = apply_steps(image, steps, 'volume', name=f"{name}: {IMAGE_FILE}")[box]
+    image = apply_steps(image, steps, 'crop', name=f"{name}: {IMAGE_FILE}")
     return np.ascontiguousarray(image), np.ascontiguousarray(label[box]), box
+
+
+def la_recipe(margin=(10, 20), zscore='volume', command=''):
+    """The record of this preprocessing (volumes/recipe.py): MR, the stored axes, no resampling, the
+    z-score on the volume or the crop, x/y cropped around the label (not done to a new scan), laendo's
+    255 as class 1."""
+    steps = [{'step': 'zscore', 'voxels': 'all', 'on': zscore}]
+    return make_recipe('mr', False, None, 1, steps, 'label', 'xy', list(margin), (1, 1, 1), (0, 255), command)
 
 
 def _read_ids(path):
@@ -115,7 +123,7 @@ def find_cases(raw_dir):
 
 
 def preprocess_la(raw_dir, out_dir, seed=1337, margin=(10, 20), min_extent=(112, 112),
-                  zscore='volume', train_ids=None, test_ids=None, progress=True):
+                  zscore='volume', train_ids=None, test_ids=None, progress=True, command=''):
     """Preprocess every case of raw_dir (or those of train_ids + test_ids) into out_dir.
 
     Writes out_dir/2018LA_Seg_Training Set/<id>/mri_norm2.h5, out_dir/train.list (train_ids,
@@ -146,6 +154,7 @@ def preprocess_la(raw_dir, out_dir, seed=1337, margin=(10, 20), min_extent=(112,
         write_list(stage.path / 'train.list', train_ids)
         if test_ids is not None:
             write_list(stage.path / 'test.list', test_ids)
+        write_recipe(stage.path, la_recipe(margin, zscore, command))
         stage.commit()
     return ids
 
@@ -173,7 +182,8 @@ def main(argv=None):
         train_ids = _read_ids(args.list_file) if args.list_file else None
         test_ids = _read_ids(args.test_list) if args.test_list else None
         ids = preprocess_la(args.raw_dir, args.out_dir, args.seed, tuple(args.margin),
-                            tuple(args.min_extent), args.zscore, train_ids, test_ids)
+                            tuple(args.min_extent), args.zscore, train_ids, test_ids,
+                            command=command_line('dataloaders.preprocess_la', argv))
     except (ValueError, OSError) as err:
         sys.exit(f"preprocess_la: error: {err}")
     print(f"preprocess_la: wrote {len(ids)} cases to {Path(args.out_dir) / LA_SUBDIR}")

@@ -10,7 +10,8 @@ its voxel order and spacing are the image's (MC-Net stacks the slices by Instanc
 the label's header). Written: OUT/image{NNNN}_norm.h5 ('image' float32, 'label' uint8 0/1, (X,Y,Z), gzip),
 what `python train.py --dataset pancreas` reads, and the lineage's lists (pancreas_lists.py):
 OUT/mcnet_train.list, mcnet_test.list (62/20), coranet_train.list (12 labeled then 50 unlabeled),
-coranet_test.list (18), and train.list/test.list, a copy of the --lists set (default: the recipe's).
+coranet_test.list (18), and train.list/test.list, a copy of the --lists set (default: the recipe's), and
+OUT/dataset.json, the recipe as data (volumes/recipe.py), whose intensity steps each case goes through.
 
 Recipes (HU window [-125, 275] -> [0, 1] in both, after resampling to 1 x 1 x 1 mm, image linear
 (--order 3: cubic) and label nearest):
@@ -33,9 +34,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .pancreas_lists import DUPLICATES, LIST_SETS
-from .volumes import (ProblemList, StagingDir, VolumeError, ct_window, label_box, pad_to, read_ct_series, read_volume,
-                      resample_pair, write_case_h5, write_list, zscore)
-from .volumes.args import fail, numbers
+from .volumes import (ProblemList, StagingDir, VolumeError, apply_steps, label_box, make_recipe, pad_to, read_ct_series,
+                      read_volume, resample_pair, write_case_h5, write_list, write_recipe)
+from .volumes.args import command_line, fail, numbers
 
 PROG = 'preprocess_pancreas'
 WINDOW = (-125.0, 275.0)  # HU: level 75, width 400
@@ -95,15 +96,24 @@ def read_case(image_source, label_path, from_dicom):
     return hu.astype(np.float32, copy=False), label.astype(np.uint8), spacing
 
 
+def pancreas_recipe(recipe='mcnet', target=(1.0, 1.0, 1.0), order=1, command=''):
+    """The recipe's record (volumes/recipe.py): the window on the volume, mcnet's z-score on the crop."""
+    axes, standardise = RECIPES[recipe]
+    steps = [{'step': 'window', 'window': list(WINDOW), 'on': 'volume'}]
+    steps += [{'step': 'zscore', 'voxels': 'all', 'on': 'crop'}] if standardise else []
+    return make_recipe('ct', False, target, order, steps, 'label', 'xyz' if len(axes) == 3 else 'xy', MARGIN,
+                       (PATCH,) * 3, (0, 1), command)
+
+
 def process_case(hu, label, spacing, recipe='mcnet', target=(1.0, 1.0, 1.0), order=1):
     """One case through the recipe (module docstring) -> (image float32, label uint8), both (X,Y,Z)."""
-    axes, standardise = RECIPES[recipe]
+    axes, _ = RECIPES[recipe]
+    steps = pancreas_recipe(recipe, target, order)['intensity']
     hu, label, _ = resample_pair(hu, label, spacing, target, order)
-    image = ct_window(hu, *WINDOW)
+    image = apply_steps(hu, steps, 'volume')
     box = label_box(label, [(MARGIN, MARGIN)] * len(axes), [PATCH] * len(axes), axes)
     image, label = image[box], label[box]
-    if standardise:
-        image = zscore(image, name='the crop')
+    image = apply_steps(image, steps, 'crop', name='the crop')
     size = (PATCH,) * 3
     return pad_to(image, size, float(image.min())), pad_to(label, size, 0)
 
@@ -132,7 +142,7 @@ def write_lists(folder, written, chosen, warn):
 
 
 def preprocess_pancreas(out_dir, label_dir, dicom_dir=None, nifti_dir=None, recipe='mcnet', lists=None,
-                        target=(1.0, 1.0, 1.0), order=1, progress=True, warn=print):
+                        target=(1.0, 1.0, 1.0), order=1, progress=True, warn=print, command=''):
     """Import every paired case into out_dir (module docstring); returns the NNNN ids written.
 
     Raises VolumeError naming the file at fault (the first case that fails), or ProblemList naming
@@ -155,6 +165,7 @@ def preprocess_pancreas(out_dir, label_dir, dicom_dir=None, nifti_dir=None, reci
             image, label = process_case(hu, label, spacing, recipe, target, order)
             write_case_h5(stage.path / f'image{n}_norm.h5', image, label)
         write_lists(stage.path, set(cases), lists or recipe, warn)
+        write_recipe(stage.path, pancreas_recipe(recipe, target, order, command))
         stage.commit()
     return list(cases)
 
@@ -177,7 +188,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         cases = preprocess_pancreas(args.out_dir, args.label_dir, args.dicom_dir, args.nifti_dir, args.recipe,
-                                    args.lists, args.spacing, args.order)
+                                    args.lists, args.spacing, args.order,
+                                    command=command_line(f'dataloaders.{PROG}', argv))
     except (ValueError, OSError) as err:
         fail(PROG, getattr(err, 'lines', [err]))
     print(f'{PROG}: wrote {len(cases)} cases to {args.out_dir} (recipe {args.recipe}, lists '

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dataloaders import import_volumes as iv
-from conftest import require_extra
+from dataloaders.volumes import read_scan
 from make_volumes import write_nifti, write_nrrd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,7 +154,6 @@ def run_main(argv, capsys):
 ])
 def test_bad_inputs_one_line_each_nothing_written(tmp_path, capsys, case, message):
     images, labels = make_set(tmp_path, count=2)
-    nib = require_extra('nibabel')
     bad_image, bad_label = images / 'case_009.nii.gz', labels / 'case_009.nii.gz'
     if case != 'empty':
         make_ct_case(images, labels, 'case_009')
@@ -165,11 +164,11 @@ def test_bad_inputs_one_line_each_nothing_written(tmp_path, capsys, case, messag
     elif case == 'shape':
         make_ct_case(images, labels, 'case_009', label_shape=(24, 20, 9))
     elif case == 'spacing':
-        write_nifti(bad_image, nib.load(str(bad_image)).get_fdata(), spacing=(1.0, 1.0, 2.5))
+        write_nifti(bad_image, read_scan(bad_image)[0], spacing=(1.0, 1.0, 2.5))
     elif case == 'fractional':
         write_nifti(bad_label, np.full(SHAPE, 0.5, np.float32), spacing=(1.0, 1.0, 2.0))
     elif case == 'nan':
-        array = nib.load(str(bad_image)).get_fdata().astype(np.float32)
+        array = read_scan(bad_image)[0].astype(np.float32)
         array[0, 0, 0] = np.nan
         write_nifti(bad_image, array, spacing=(1.0, 1.0, 2.0))
     elif case == 'channel':

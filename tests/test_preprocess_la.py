@@ -12,6 +12,7 @@ import pytest
 
 from dataloaders import preprocess_la as pre
 from dataloaders.datasets import LA_SUBDIR
+from dataloaders.volumes import read_recipe
 from conftest import one_line_error, require_extra
 
 nrrd = require_extra('nrrd')
@@ -72,6 +73,9 @@ def test_case_crop_margins_and_zscore(tmp_path):
     (lo_x, hi_x), (lo_y, hi_y) = (60, 80), (50, 65)
     assert 10 <= lo_x - x0 <= 19 and 9 <= (x0 + crop.shape[0] - 1) - hi_x <= 18
     assert 10 <= lo_y - y0 <= 19 and 9 <= (y0 + crop.shape[1] - 1) - hi_y <= 18
+    recipe = read_recipe(tmp_path / 'out')  # what a new scan gets: the z-score, no crop, 255 back for the atrium
+    assert recipe['intensity'] == [{'step': 'zscore', 'voxels': 'all', 'on': 'volume'}]
+    assert recipe['crop'] == 'label' and recipe['margin'] == [10, 20] and recipe['labels'] == {'0': 0, '255': 1}
 
 
 def test_margins_cover_their_range():
@@ -221,10 +225,12 @@ def test_pynrrd_reads_what_the_retired_reader_read(tmp_path):
               'kinds: domain domain domain\nendian: big\nencoding: gzip\n'
               'space origin: (-180.5,-170,-40)\nmodality:=LGE\n\n')
     (tmp_path / 'h.nrrd').write_bytes(header.encode() + gzip.compress(values.tobytes()))
-    array, directions = read_nrrd(tmp_path / 'h.nrrd')
+    array, affine = read_nrrd(tmp_path / 'h.nrrd')
     assert array.shape == (3, 2, 1) and array.dtype == np.dtype('=u2')
     assert array[2, 0, 0] == 2000 and array[0, 1, 0] == 3000  # F order: index i + 3 j
-    assert np.allclose(directions, np.diag([0.625, 0.625, 2.5]))
+    # left-posterior-superior turned to NIfTI's right-anterior-superior: x and y negated, origin too
+    assert np.allclose(affine[:3, :3], np.diag([-0.625, -0.625, 2.5]))
+    assert np.allclose(affine[:3, 3], [180.5, 170, -40])
 
 
 def test_without_pynrrd_one_line_names_the_file_and_the_pip_line(tmp_path, monkeypatch):

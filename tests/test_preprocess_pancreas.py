@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dataloaders import preprocess_pancreas as pp
+from dataloaders.volumes import read_recipe
 from conftest import one_line_error
 from make_volumes import write_ct_series, write_nifti
 
@@ -89,6 +90,15 @@ def test_mcnet_recipe_is_the_zscored_xy_crop(outputs):
     assert abs(inside.mean()) < 1e-4 and abs(inside.std() - 1) < 1e-4
     assert np.allclose(inside, (crop - crop.mean()) / crop.std(), atol=1e-5)
     assert (image[:, :, :35] == inside.min()).all()
+
+
+def test_each_recipe_is_written_as_it_ran(outputs):
+    for recipe, axes, steps in (('mcnet', 'xy', ['window', 'zscore']), ('coranet', 'xyz', ['window'])):
+        written = read_recipe(outputs[recipe][0])
+        assert [(s['step'], s['on']) for s in written['intensity']] == list(zip(steps, ('volume', 'crop')))
+        assert written['intensity'][0]['window'] == [-125.0, 275.0] and written['crop_axes'] == axes
+        assert written['crop'] == 'label' and written['spacing'] == [1.0, 1.0, 1.0] and written['reorient'] is False
+        assert written['labels'] == {'0': 0, '1': 1} and written['min_size'] == [96, 96, 96]
 
 
 def test_lists_as_the_lineage_ships_them_and_the_duplicate_warning(outputs):

@@ -16,6 +16,7 @@ import torch
 from dataloaders import normalize_intensity
 from dataloaders.datasets import LA_SUBDIR
 from dataloaders.synthetic import make_synthetic_dataset
+from dataloaders.volumes import read_scan
 from networks import ResNet34VNet, VNet
 from utils.checkpoint import CheckpointError
 from utils.cli import run_cli
@@ -309,15 +310,15 @@ def test_nifti_input_and_predictions_when_nibabel_is_installed(phantoms, tmp_pat
     (tmp_path / 'scans').mkdir()
     nib.save(nib.Nifti1Image(image, affine), str(tmp_path / 'scans' / 'scan.nii.gz'))
     assert cli(flags + ['--input', str(tmp_path / 'scans')]) == 0
-    out = nib.load(str(tmp_path / 'out' / 'predictions_input' / 'scan_pred.nii.gz'))
-    np.testing.assert_array_equal(out.affine, affine)
+    out, out_affine = read_scan(tmp_path / 'out' / 'predictions_input' / 'scan_pred.nii.gz')
+    np.testing.assert_array_equal(out_affine, affine)
     want, _ = test_single_case([vnet], image, STRIDE, STRIDE, PATCH, 2)
-    np.testing.assert_array_equal(np.asarray(out.dataobj), want)
+    np.testing.assert_array_equal(out, want)
 
     assert cli(flags + ['--save_pred']) == 0  # NIfTI is the default format with nibabel
     for case_id in TEST_IDS:
         image, label = read_case(phantoms, case_id)
-        saved = {s: np.asarray(nib.load(str(tmp_path / 'out' / 'predictions' / f'{case_id}_{s}.nii.gz')).dataobj)
+        saved = {s: read_scan(tmp_path / 'out' / 'predictions' / f'{case_id}_{s}.nii.gz')[0]
                  for s in ('pred', 'img', 'gt')}
         np.testing.assert_array_equal(saved['img'], image)
         np.testing.assert_array_equal(saved['gt'], label)

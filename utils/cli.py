@@ -12,6 +12,7 @@ import sys
 
 from dataloaders import DatasetError
 from dataloaders.synthetic import SyntheticDataError
+from dataloaders.volumes import VolumeError
 from utils.checkpoint import CheckpointError
 
 
@@ -21,7 +22,7 @@ class UsageError(ValueError):
 
 # Errors that mean "the input is wrong", not "the program is wrong": their message is the whole
 # story. OSError covers a full disk or a folder without write permission.
-USER_ERRORS = (UsageError, DatasetError, SyntheticDataError, CheckpointError, OSError)
+USER_ERRORS = (UsageError, DatasetError, SyntheticDataError, CheckpointError, VolumeError, OSError)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -1,16 +1,22 @@
-"""Volumes in and label maps out, for test.py's --input and --save_pred: .h5, .npy and NIfTI.
+"""Volumes in and label maps out, for test.py's --input and --save_pred: .h5, .npy, NIfTI, and the scans an
+import recipe reads (NIfTI, NRRD, a DICOM series folder).
 
-NIfTI needs nibabel, which is optional: without it, h5 is written and reading a NIfTI file says how to
-install it. Every unusable file raises UsageError with one line naming it.
+NIfTI, NRRD and DICOM are read by the import pipeline's readers (dataloaders.volumes), the project's only
+ones. nibabel is optional: without it, h5 is written and reading a NIfTI file says how to install it. Every
+unusable file raises UsageError (or the readers' VolumeError) with one line naming it.
 """
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from dataloaders.volumes import VolumeError, read_ct_scan, read_scan
+from dataloaders.volumes.orient import axis_spacing
 from utils.cli import UsageError
 
-VOLUME_SUFFIXES = ('.nii.gz', '.nii', '.h5', '.hdf5', '.npy')
+VOLUME_SUFFIXES = ('.nii.gz', '.nii', '.nrrd', '.h5', '.hdf5', '.npy')
+# what an import recipe reads; a folder of none of VOLUME_SUFFIXES is a DICOM series
+SCAN_SUFFIXES = ('.nii.gz', '.nii', '.nrrd')
 
 
 def nibabel_or_none():
@@ -26,8 +32,9 @@ def volume_suffix(path):
     return next((s for s in VOLUME_SUFFIXES if name.endswith(s)), None)
 
 
-def input_files(path):
-    """The volume --input names, or the volumes of the folder it names, sorted by name."""
+def input_files(path, series=False):
+    """The volume --input names, or the volumes of the folder it names, sorted by name. series: a folder
+    holding no volume is returned itself, as a DICOM series."""
     path = Path(path)
     if path.is_file():
         if volume_suffix(path) is None:
@@ -36,9 +43,24 @@ def input_files(path):
     if not path.is_dir():
         raise UsageError(f'--input {path}: no such file or folder')
     files = sorted(p for p in path.iterdir() if p.is_file() and volume_suffix(p) is not None)
-    if not files:
-        raise UsageError(f'--input {path}: the folder holds no volume ({", ".join(VOLUME_SUFFIXES)})')
-    return files
+    if files or series:
+        return files or [path]
+    raise UsageError(f'--input {path}: the folder holds no volume ({", ".join(VOLUME_SUFFIXES)})')
+
+
+def is_scan(path):
+    """A NIfTI or NRRD file or a folder (a DICOM series): what an import recipe reads."""
+    return Path(path).is_dir() or volume_suffix(path) in SCAN_SUFFIXES
+
+
+def read_scan_input(path):
+    """(array as stored, float32; 4x4 affine in RAS mm; voxel size in mm per stored axis) of a NIfTI or NRRD
+    file or a CT DICOM series folder."""
+    if Path(path).is_dir():
+        image, _, affine = read_ct_scan(path)
+    else:
+        image, affine = read_scan(path)
+    return np.asarray(image, dtype=np.float32), affine, axis_spacing(affine[:3, :3].T)
 
 
 def read_volume(path):
@@ -54,11 +76,9 @@ def read_volume(path):
         elif suffix == '.npy':
             image = np.load(path, allow_pickle=False)
         else:
-            nib = nibabel_or_none()
-            if nib is None:
-                raise UsageError(f'{path}: reading NIfTI needs nibabel: pip install nibabel')
-            img = nib.load(str(path))
-            image, affine = np.asarray(img.dataobj), img.affine
+            image, affine = read_scan(path)
+    except VolumeError as e:
+        raise UsageError(str(e)) from None
     except UsageError:
         raise
     except Exception as e:  # noqa: BLE001 -- h5py, numpy and nibabel report corrupt files with many types

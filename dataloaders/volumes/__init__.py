@@ -5,16 +5,22 @@
     intensity intensity.py        CT window -> [0, 1]; z-score (optionally over non-zero voxels)
     crop      crop.py             box around the label or the body, or none; pad up to a minimum size
     write     write.py            h5 ('image' float32, 'label' uint8, gzip) and list files, nothing half-written
+    recipe    recipe.py           what an import did, as data: OUT/dataset.json
+    apply     apply.py            a recipe on a new scan, and its geometric steps undone on the class scores
 
 Recipes are the scripts that chain the steps: dataloaders.preprocess_la, dataloaders.preprocess_pancreas
-and dataloaders.import_volumes. nibabel, pynrrd and pydicom are optional: each is imported by the one
-function that reads its format, and a missing one is named in one line (VolumeError) with its pip line.
+and dataloaders.import_volumes; each writes its recipe.py record beside the cases. nibabel, pynrrd and
+pydicom are optional: each is imported by the one function that reads its format, and a missing one is
+named in one line (VolumeError) with its pip line.
 """
-from .crop import AXES, body_mask, bounding_box, label_box, pad_to
-from .dicom import read_ct_series
+from .apply import scan_problem, to_network_grid, to_scan_grid, to_stored
+from .crop import AXES, body_mask, bounding_box, crop_box, label_box, pad_to
+from .dicom import read_ct_scan, read_ct_series
 from .errors import ProblemList, VolumeError
-from .intensity import ct_window, zscore
+from .intensity import apply_steps, ct_window, zscore
 from .pairs import pair_files, volume_files
-from .read import read_volume, volume_suffix
+from .read import read_scan, read_volume, volume_suffix
+from .recipe import (RECIPE_FILE, class_values, make_recipe, read_recipe, recipe_problems,
+                     write_recipe)
 from .resample import resample, resample_pair
 from .write import StagingDir, write_case_h5, write_list

@@ -1,5 +1,6 @@
-"""Command-line helpers shared by the recipes: number triples, and the one-line exit."""
+"""Command-line helpers shared by the recipes: number triples, the command line, and the one-line exit."""
 import argparse
+import shlex
 import sys
 
 
@@ -22,3 +23,9 @@ def fail(prog, lines):
     for line in lines[:-1]:
         print(f'{prog}: error: {line}', file=sys.stderr)
     sys.exit(f'{prog}: error: {lines[-1]}')
+
+
+def command_line(module, argv=None):
+    """The command a recipe's dataset.json records: 'python -m <module>' and its arguments (sys.argv's when
+    argv is None), quoted for a shell."""
+    return shlex.join(['python', '-m', module, *(sys.argv[1:] if argv is None else argv)])

@@ -44,10 +44,30 @@ def body_mask(image):
     return image > image.min()
 
 
+def crop_box(image, label, rule, axes, margin, min_size):
+    """Slices (x, y, z) of a recipe's crop, or None for rule 'none'.
+
+    rule 'nonzero': the box of body_mask(image), no margin; 'label': the label's box with `margin` voxels
+    of context on each side (label_box's stop is exclusive from the last mask index: one more after than
+    the lineage's). Either box grows to min_size (3 ints) along the cropped `axes` by label_box's rule.
+    """
+    if rule == 'none':
+        return None
+    mask, keep = (label, margin) if rule == 'label' else (body_mask(image), 0)
+    return label_box(mask, [(keep, keep + 1)] * len(axes), [min_size[a] for a in axes], axes)
+
+
+def padding(shape, min_size):
+    """[(before, after)] per axis that pad_to adds to an array of `shape`: the extra split evenly, one more
+    voxel after than before when odd."""
+    extra = [max(int(m) - n, 0) for m, n in zip(min_size, shape)]
+    return [(e // 2, e - e // 2) for e in extra]
+
+
 def pad_to(array, min_size, value):
-    """array padded with `value` to at least min_size (3 ints) per axis, the extra split evenly (one
-    more voxel after than before when odd); an array already large enough is returned as it is."""
-    extra = [max(int(m) - n, 0) for m, n in zip(min_size, array.shape)]
-    if not any(extra):
+    """array padded with `value` to at least min_size (3 ints) per axis (padding()); an array already large
+    enough is returned as it is."""
+    pads = padding(array.shape, min_size)
+    if not any(a or b for a, b in pads):
         return array
-    return np.pad(array, [(e // 2, e - e // 2) for e in extra], mode='constant', constant_values=value)
+    return np.pad(array, pads, mode='constant', constant_values=value)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import VolumeError, require
+from .orient import header_precision
 
 DECODER_PIP = 'pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg'
 
@@ -54,8 +55,29 @@ def _slice_gap(first, second):
     return float(first.get('SliceThickness', 1.0) or 1.0)
 
 
-def read_ct_series(folder):
-    """(HU float32 (X,Y,Z) = (columns, rows, slices by InstanceNumber), spacing (x, y, z) in mm).
+def _affine(first, second, spacing):
+    """4x4 affine in RAS mm of the (x = column, y = row, z = slice) array: ImageOrientationPatient's row
+    and column directions, the slice direction from the first two ImagePositionPatient (else their
+    cross product), the first slice's position; DICOM's LPS patient space turned to RAS (x and y negated).
+    Without ImageOrientationPatient: the diagonal of the spacing."""
+    affine = np.diag([*spacing, 1.0])
+    orientation = first.get('ImageOrientationPatient')
+    if orientation is None or len(orientation) != 6:
+        return affine
+    along_x, along_y = np.array(orientation[:3], dtype=float), np.array(orientation[3:], dtype=float)
+    along_z = np.cross(along_x, along_y)
+    if second is not None and 'ImagePositionPatient' in first and 'ImagePositionPatient' in second:
+        step = np.subtract(np.ravel(second.ImagePositionPatient), np.ravel(first.ImagePositionPatient)).astype(float)
+        if np.linalg.norm(step) > 0:  # slices sorted by InstanceNumber may run against the normal
+            along_z = step / np.linalg.norm(step)
+    affine[:3, :3] = np.stack([along_x, along_y, along_z], axis=1) * np.asarray(spacing, dtype=float)
+    affine[:3, 3] = np.ravel(first.get('ImagePositionPatient', (0.0, 0.0, 0.0))).astype(float)
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+
+
+def read_ct_scan(folder):
+    """(HU float32 (X,Y,Z) = (columns, rows, slices by InstanceNumber), spacing (x, y, z) in mm
+    (orient.header_precision), 4x4 affine in RAS mm (_affine)).
 
     Raises VolumeError naming the folder or file: no DICOM file, no CT slice, a slice without
     InstanceNumber, slices of different sizes, compressed pixel data without a decoder.
@@ -80,8 +102,14 @@ def read_ct_series(folder):
     if len(sizes) > 1:
         raise VolumeError(f'{folder}: slices of different sizes {sorted(sizes)}')
     stack = np.stack([_hu_slice(p, pydicom) for p, _ in slices], axis=-1)  # (rows, cols, slices)
-    row_mm, col_mm = (float(v) for v in slices[0][1].get('PixelSpacing', (1.0, 1.0)))
-    z_mm = _slice_gap(slices[0][1], slices[1][1]) if len(slices) > 1 else float(
-        slices[0][1].get('SliceThickness', 1.0) or 1.0)
+    first, second = slices[0][1], slices[1][1] if len(slices) > 1 else None
+    row_mm, col_mm = (float(v) for v in first.get('PixelSpacing', (1.0, 1.0)))
+    z_mm = _slice_gap(first, second) if second is not None else float(first.get('SliceThickness', 1.0) or 1.0)
     # rows run along y and columns along x: (rows, cols, z) -> (x, y, z)
-    return np.ascontiguousarray(stack.transpose(1, 0, 2)), (col_mm, row_mm, z_mm)
+    spacing = header_precision((col_mm, row_mm, z_mm))
+    return np.ascontiguousarray(stack.transpose(1, 0, 2)), spacing, _affine(first, second, spacing)
+
+
+def read_ct_series(folder):
+    """(HU float32 (X,Y,Z), spacing (x, y, z) in mm): read_ct_scan without the affine."""
+    return read_ct_scan(folder)[:2]

@@ -1,4 +1,10 @@
-"""Intensity steps: the CT window scaled to [0, 1], and the z-score."""
+"""Intensity steps: the CT window scaled to [0, 1], and the z-score; a recipe's list of them.
+
+A recipe (recipe.py) lists its steps in order, each a dict:
+    {'step': 'window', 'window': [lo, hi], 'on': 'volume' | 'crop'}
+    {'step': 'zscore', 'voxels': 'all' | 'nonzero', 'on': 'volume' | 'crop'}
+'on' says whether the step sees the whole (resampled) volume, before the crop, or the crop.
+"""
 import numpy as np
 
 from .errors import VolumeError
@@ -38,3 +44,18 @@ def zscore(image, nonzero=False, name='image'):
     if std == 0:
         raise VolumeError(f'{name}: is constant, cannot z-score it')
     return ((image - image.mean()) / std).astype(np.float32)
+
+
+STAGES = ('volume', 'crop')
+
+
+def apply_steps(image, steps, on, name='image'):
+    """image through each of a recipe's intensity `steps` whose 'on' is `on` (module docstring), in order."""
+    for step in steps:
+        if step['on'] != on:
+            continue
+        if step['step'] == 'window':
+            image = ct_window(image, *step['window'])
+        else:
+            image = zscore(image, nonzero=step['voxels'] == 'nonzero', name=name)
+    return image

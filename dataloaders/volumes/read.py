@@ -1,7 +1,8 @@
 """Read one volume file (NIfTI via nibabel, NRRD via pynrrd) as (array indexed (x, y, z), spacing in mm).
 
 A DICOM series is a folder, not a file: dicom.py reads it. The packages are optional and imported here
-only when a file of their format is read.
+only when a file of their format is read. This is the project's one reader of these formats: test.py's
+--input reads through it too (read_scan keeps the stored order and the file's affine).
 """
 import numpy as np
 
@@ -29,7 +30,7 @@ def _three_d(array, path):
 
 
 def read_nifti(path):
-    """(array as stored, 3x3 matrix whose row a is the world vector of array axis a, in mm)."""
+    """(array as stored, 4x4 affine: voxel index (i, j, k, 1) -> world mm, RAS as NIfTI defines it)."""
     nib = require('nibabel', 'nibabel', path, 'NIfTI')
     try:
         image = nib.load(str(path))
@@ -37,11 +38,28 @@ def read_nifti(path):
         array = np.asanyarray(image.dataobj)
     except Exception as err:  # noqa: BLE001 -- nibabel reports corrupt files with many exception types
         raise VolumeError(f'{path}: cannot read NIfTI: {" ".join(str(err).split())}') from None
-    return _three_d(array, path), np.asarray(image.affine, dtype=float)[:3, :3].T
+    return _three_d(array, path), np.asarray(image.affine, dtype=float)
+
+
+# NRRD spaces whose x (and y) axes point the other way from NIfTI's RAS: the sign of each world axis
+RAS_SIGNS = {'left-posterior-superior': (-1, -1, 1), 'lps': (-1, -1, 1), 'left-anterior-superior': (-1, 1, 1),
+             'las': (-1, 1, 1)}
+
+
+def nrrd_affine(header, directions):
+    """4x4 affine in RAS mm from a NRRD header: columns the axes' world vectors, then 'space origin'
+    (0 without one), x and y negated for an LPS (Slicer's, ITK's) or LAS space."""
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(directions, dtype=float).T
+    origin = np.asarray(header.get('space origin', np.zeros(3)), dtype=float)
+    if origin.shape == (3,) and np.isfinite(origin).all():
+        affine[:3, 3] = origin
+    signs = RAS_SIGNS.get(str(header.get('space', '')).lower(), (1, 1, 1))
+    return np.diag([*signs, 1.0]) @ affine
 
 
 def read_nrrd(path):
-    """(array as stored, sizes order, native byte order; 3x3 matrix of the axes' world vectors, in mm).
+    """(array as stored, sizes order, native byte order; 4x4 affine in RAS mm, nrrd_affine).
 
     pynrrd's default index order 'F' gives array.shape == the header's sizes, fastest axis first: the
     (x, y, z) indexing the LA lineage used. Without 'space directions', 'spacings' (or 1 mm) is used.
@@ -58,11 +76,20 @@ def read_nrrd(path):
         directions = np.asarray(directions, dtype=float)
         if directions.shape != (3, 3) or not np.isfinite(directions).all():
             raise VolumeError(f'{path}: space directions {directions.tolist()} are not three 3-D vectors')
-        return array, directions
+        return array, nrrd_affine(header, directions)
     spacings = np.asarray(header.get('spacings', [1.0, 1.0, 1.0]), dtype=float)
     if spacings.shape != (3,) or not np.isfinite(spacings).all():
         spacings = np.ones(3)
-    return array, np.diag(spacings)
+    return array, nrrd_affine(header, np.diag(spacings))
+
+
+def read_scan(path):
+    """(array as stored, 4x4 affine in RAS mm) of a NIfTI or NRRD file: what a label map written over the
+    scan must keep. Row a of affine[:3, :3].T is the world vector of array axis a."""
+    suffix = volume_suffix(path)
+    if suffix is None:
+        raise VolumeError(f'{path}: not a volume file ({", ".join(SUFFIXES)})')
+    return (read_nrrd if suffix == '.nrrd' else read_nifti)(path)
 
 
 def read_volume(path, reorient=True):
@@ -71,10 +98,8 @@ def read_volume(path, reorient=True):
     reorient: permute the axes to the world's x, y, z order (orient.to_xyz); False keeps the file's
     order (the LA recipe: the lineage indexed the stored array as (x, y, z)).
     """
-    suffix = volume_suffix(path)
-    if suffix is None:
-        raise VolumeError(f'{path}: not a volume file ({", ".join(SUFFIXES)})')
-    array, directions = (read_nrrd if suffix == '.nrrd' else read_nifti)(path)
+    array, affine = read_scan(path)
+    directions = affine[:3, :3].T
     if reorient:
         return to_xyz(array, directions)
     return array, axis_spacing(directions)

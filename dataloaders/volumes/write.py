@@ -4,6 +4,7 @@ Every file is written under a temporary name and renamed into place (a rename wi
 A recipe writes all its files into a StagingDir inside the output folder and moves them out only once
 every case has succeeded: after an error the output folder holds nothing new.
 """
+import json
 import os
 import shutil
 import tempfile
@@ -73,3 +74,8 @@ class StagingDir:
         if self.created and not any(self.out_dir.iterdir()):
             self.out_dir.rmdir()  # the folder this run made, left empty by a failure
         return False
+
+
+def write_json(path, obj):
+    """obj as indented JSON text."""
+    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + '\n'))
