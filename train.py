@@ -36,8 +36,8 @@ from utils.metrics import calculate_metric_percase
 from utils.ramps import sigmoid_rampup
 from utils.resume import resume_point
 from utils.run_log import RunRecords, host_values, setup_logger
-from utils.seeding import rng_state, seed_everything, seed_worker, step_generator
-from utils.signals import StopSignals
+from utils.seeding import rng_state, seed_everything, step_generator
+from utils.signals import StopSignals, worker_init
 
 def build_parser():
     """The flags, by group; every group but RUN_CONTROL defines the run (a resume must match it)."""
@@ -383,9 +383,10 @@ def main(argv=None):
 
     # Samples are keyed by (index, seed, iteration), and the loader draws its workers' base seed from its
     # own generator, not the global one: a resumed run sees the same data and dropout with any num_workers.
+    # worker_init: the workers live through a stop signal sent to the whole job, so the step finishes and saves.
     sampler = IterationBatchSampler(batches, cfg['seed'], cfg['max_iterations'], start_iteration=start)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg['num_workers'],
-                        pin_memory=device.type == 'cuda', worker_init_fn=seed_worker,
+                        pin_memory=device.type == 'cuda', worker_init_fn=worker_init,
                         generator=torch.Generator().manual_seed(cfg['seed']))
     scaler = grad_scaler(amp)
     records = RunRecords(run_dir, log, cfg, start, enabled=is_main)
