@@ -137,7 +137,8 @@ def two_gpus(monkeypatch):
 def test_gpu_under_torchrun_is_the_local_rank_or_the_cpu(two_gpus):
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # none of these warns
-        assert [select_device(g, 1) for g in ('-1', 'cpu', '0')] == [torch.device('cpu')] * 2 + [torch.device('cuda', 1)]
+        assert [select_device(g, 1) for g in ('-1', 'cpu', '0')] == [torch.device('cpu')] * 2 + [
+            torch.device('cuda', 1)]
         assert select_device('1', 1) == torch.device('cuda', 1)  # local rank 0 alone warns, once for the run
         assert select_device('0', None) == torch.device('cuda', 0)  # no torchrun: the flag's index
     with warnings.catch_warnings(record=True) as caught:
