@@ -36,8 +36,8 @@ from utils.metrics import calculate_metric_percase
 from utils.ramps import sigmoid_rampup
 from utils.resume import resume_point
 from utils.run_log import RunRecords, host_values, setup_logger
-from utils.seeding import rng_state, seed_everything, seed_worker, step_generator
-from utils.signals import StopSignals
+from utils.seeding import rng_states, seed_everything, step_generator
+from utils.signals import StopSignals, worker_init
 
 def build_parser():
     """The flags, by group; every group but RUN_CONTROL defines the run (a resume must match it)."""
@@ -289,7 +289,12 @@ def validate(eval_nets, cases, cfg, device):
         dices.append(calculate_metric_percase(pred > 0, sample['label'] > 0)[0])
     for net in eval_nets:
         net.train()
-    return sum(dices) / len(dices)
+    dice = sum(dices) / len(dices)
+    if dist.is_initialized():  # ranks' BatchNorm statistics differ: rank 0's score (logged, saved) decides for all
+        score = torch.tensor([dice], dtype=torch.float64, device=device)
+        dist.broadcast(score, 0)
+        dice = score.item()
+    return dice
 
 
 def load_data(cfg, is_main, world_size):
@@ -356,10 +361,12 @@ def main(argv=None):
     torch.manual_seed(cfg['seed'] + rank)  # but each rank its own dropout masks
     optimizers = build_optimizers(cfg, nets)
     trained = list(optimizers)
+    scaler = grad_scaler(amp)
 
     # --- run folder: a new run, or the continuation of the one a checkpoint holds ---
     run_dir = Path(cfg['snapshot_path'])
-    start, resume_path, best = resume_point(cfg, run_keys(build_parser()), nets, optimizers, is_main)
+    start, resume_path, best = resume_point(cfg, run_keys(build_parser()), nets, optimizers, is_main, scaler, rank,
+                                            world_size, device)
     if start >= cfg['max_iterations']:
         if is_main:
             print(f'nothing to do: {resume_path} is already at iteration {start} of {cfg["max_iterations"]}')
@@ -383,20 +390,22 @@ def main(argv=None):
 
     # Samples are keyed by (index, seed, iteration), and the loader draws its workers' base seed from its
     # own generator, not the global one: a resumed run sees the same data and dropout with any num_workers.
+    # worker_init: the workers live through a stop signal sent to the whole job, so the step finishes and saves.
     sampler = IterationBatchSampler(batches, cfg['seed'], cfg['max_iterations'], start_iteration=start)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg['num_workers'],
-                        pin_memory=device.type == 'cuda', worker_init_fn=seed_worker,
+                        pin_memory=device.type == 'cuda', worker_init_fn=worker_init,
                         generator=torch.Generator().manual_seed(cfg['seed']))
-    scaler = grad_scaler(amp)
     records = RunRecords(run_dir, log, cfg, start, enabled=is_main)
 
     def checkpoint(name, iteration):
+        """Every rank calls it (the RNG states are gathered); rank 0 writes."""
         records.table.flush()  # every row up to the checkpoint is on disk: a resume after a kill loses none
+        rng = rng_states(device, world_size)
         if is_main:
             save_checkpoint({'iteration': iteration, 'config': cfg, 'method': cfg['method'],
                              **{n: m.state_dict() for n, m in plain.items()},
                              **{'optimizer_' + n[-1]: o.state_dict() for n, o in optimizers.items()},
-                             'rng': rng_state(), 'best': best}, run_dir / name)
+                             'rng': rng, 'scaler': scaler.state_dict(), 'best': best}, run_dir / name)
 
     # --- the loop: one batch, every loss term, one backward, both optimisers step ---
     t0 = time.time()

@@ -373,9 +373,10 @@ def test_dataset_files_are_never_modified(phantoms, tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- signals and kills
 
-def start_training(run, phantoms):
-    return subprocess.Popen([sys.executable, 'train.py', *args(phantoms, run, save_every=1)], cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start_training(run, phantoms, **flags):
+    # a session of its own, as a batch job has: os.killpg reaches the run and its DataLoader workers only
+    return subprocess.Popen([sys.executable, 'train.py', *args(phantoms, run, save_every=1, **flags)], cwd=REPO,
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def wait_for_checkpoint(proc, path, timeout=120):
@@ -410,6 +411,39 @@ def test_interrupted_run_resumes_to_the_same_weights(phantoms, reference, tmp_pa
     assert f'resumed from {run / "latest.pth"} at iteration {stopped_at}' in (run / 'log.txt').read_text()
     assert_same_weights(load(reference / 'final.pth'), load(run / 'final.pth'))
     # the per-iteration record reads as one uninterrupted run
+    assert (run / 'iterations.csv').read_text() == (reference / 'iterations.csv').read_text()
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_signal_to_the_whole_job_with_workers_stops_cleanly_and_resumes_exactly(phantoms, reference, tmp_path,
+                                                                                 signum):
+    """timeout, Ctrl-C and schedulers signal every process of the job: the DataLoader workers too."""
+    run = tmp_path / 'run'
+    proc = start_training(run, phantoms, num_workers=2)
+    try:
+        wait_for_checkpoint(proc, run / 'latest.pth')
+        os.killpg(proc.pid, signum)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signum, stderr[-2000:]
+    assert 'Traceback' not in stderr and 'DataLoader worker' not in stderr
+    assert f'stopped by signal {int(signum)}' in (run / 'log.txt').read_text()
+    end = time.time() + 30  # the workers went with the main process (the watchdog's period is 5 s)
+    while time.time() < end:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError('a DataLoader worker outlived its run')
+    stopped_at = load(run / 'latest.pth')['iteration']
+    assert 0 < stopped_at < STEPS and not (run / 'final.pth').exists()
+
+    train.main(args(phantoms, run, '--resume', 'auto', num_workers=2))
+    assert_same_weights(load(reference / 'final.pth'), load(run / 'final.pth'))
     assert (run / 'iterations.csv').read_text() == (reference / 'iterations.csv').read_text()
 
 

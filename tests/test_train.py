@@ -26,7 +26,9 @@ from dataloaders import (Compose, H5Dataset, IterationBatchSampler, RandomCrop, 
 from conftest import ITERATION_COLUMNS, train_argv
 from losses import supervised_loss
 from networks import ResNet34VNet, VNet
-from utils.config import run_keys
+from utils.cli import UsageError
+from utils.checkpoint import CheckpointError, save_checkpoint
+from utils.config import run_keys, select_device
 from utils.run_log import IterationCSV
 from utils.seeding import seed_everything
 
@@ -96,13 +98,15 @@ def test_every_method_writes_a_complete_run(phantoms, reference, tmp_path, metho
     nets = {'dual': {'net_a': VNet, 'net_b': ResNet34VNet}, 'mt': {'net_a': VNet, 'ema': VNet},
             'sup': {'net_a': VNet}}[method]
     optimizers = {'dual': ['optimizer_a', 'optimizer_b'], 'mt': ['optimizer_a'], 'sup': ['optimizer_a']}[method]
-    assert set(ckpt) == {'iteration', 'config', 'method', 'rng', 'best', *nets, *optimizers}
+    assert set(ckpt) == {'iteration', 'config', 'method', 'rng', 'scaler', 'best', *nets, *optimizers}
     assert ckpt['iteration'] == iterations and ckpt['method'] == method
     for name, cls in nets.items():
         cls(n_channels=1, n_classes=2, n_filters=2).load_state_dict(ckpt[name])  # strict: every key fits
     for name in optimizers:
         assert ckpt[name]['state'] and ckpt[name]['param_groups'][0]['momentum'] == 0.9
-    assert isinstance(ckpt['rng']['torch'], torch.Tensor) and ckpt['rng']['torch'].dtype == torch.uint8
+    [own] = ckpt['rng']['ranks']  # one process: one state, the CPU's only
+    assert set(own) == {'torch'} and own['torch'].dtype == torch.uint8
+    assert ckpt['scaler'] == {}  # float32: the gradient scaler is off
     saved = json.loads((run / 'config.json').read_text())
     assert isinstance(ckpt['config'], dict) and json.loads(json.dumps(ckpt['config'])) == saved
     assert saved['method'] == method and saved['labelnum'] == labelnum
@@ -121,6 +125,31 @@ def test_every_method_writes_a_complete_run(phantoms, reference, tmp_path, metho
                 assert 0 <= float(r[k]) <= 1, (k, r[k])
     log = (run / 'log.txt').read_text()
     assert f'{method} on la' in log and f'finished {iterations} iterations' in log
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """CUDA made to look present with 2 devices: select_device only asks, it touches no GPU."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+
+
+def test_gpu_under_torchrun_is_the_local_rank_or_the_cpu(two_gpus):
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # none of these warns
+        assert [select_device(g, 1) for g in ('-1', 'cpu', '0')] == [torch.device('cpu')] * 2 + [
+            torch.device('cuda', 1)]
+        assert select_device('1', 1) == torch.device('cuda', 1)  # local rank 0 alone warns, once for the run
+        assert select_device('0', None) == torch.device('cuda', 0)  # no torchrun: the flag's index
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        assert select_device('1', 0) == torch.device('cuda', 0)
+    assert len(caught) == 1 and '--gpu 1 is replaced' in str(caught[0].message)
+    assert 'LOCAL_RANK' in str(caught[0].message)
+    with pytest.raises(UsageError, match='LOCAL_RANK 2: only 2 CUDA'):
+        select_device('0', 2)
+    with pytest.raises(UsageError, match='--gpu 0,1: under torchrun'):
+        select_device('0,1', 0)
 
 
 def test_gpu_index_without_cuda_falls_back_to_cpu_with_one_warning(phantoms, tmp_path, monkeypatch):
@@ -372,6 +401,33 @@ def test_resume_is_bit_exact_for_the_baselines(phantoms, tmp_path, method):
     assert_same_run(load(full / 'final.pth'), load(resumed / 'final.pth'))
 
 
+def test_checkpoint_of_the_older_rng_layout_still_resumes_exactly(phantoms, reference, tmp_path):
+    """Older versions saved one process's state as {'torch': cpu, 'cuda': [one per visible GPU]}, no scaler."""
+    run = tmp_path / 'run'
+    run.mkdir()
+    old = load(reference / 'latest.pth')
+    old['rng'] = {'torch': old['rng']['ranks'][0]['torch']}
+    del old['scaler']
+    save_checkpoint(old, run / 'latest.pth')
+    train.main(args(phantoms, run, '--resume', 'auto', max_iterations=8))
+    assert_same_run(load(reference / 'final.pth'), load(run / 'final.pth'))
+
+
+def test_gradient_scaler_state_is_saved_and_restored(phantoms, tmp_path, monkeypatch):
+    # train.py's float16 scaler (CUDA) as an enabled CPU scaler, its scale doubling every 3 finite steps
+    monkeypatch.setattr(train, 'grad_scaler', lambda amp: torch.amp.GradScaler('cpu', init_scale=2.0 ** 10,
+                                                                                growth_interval=3))
+    full, resumed = tmp_path / 'full', tmp_path / 'resumed'
+    train.main(args(phantoms, full, method='sup', max_iterations=8, save_every=4))
+    assert load(full / 'latest.pth')['scaler']['scale'] == 2.0 ** 11  # 4 steps: one doubling, 1 step towards next
+    resumed.mkdir()
+    shutil.copy(full / 'latest.pth', resumed / 'latest.pth')
+    train.main(args(phantoms, resumed, '--resume', 'auto', method='sup', max_iterations=8))
+    scaler = load(resumed / 'final.pth')['scaler']
+    assert scaler['scale'] == 2.0 ** (10 + 8 // 3) and scaler['_growth_tracker'] == 8 % 3  # as if uninterrupted
+    assert_same_run(load(full / 'final.pth'), load(resumed / 'final.pth'))
+
+
 def test_resume_auto_on_a_finished_run_has_nothing_to_do(phantoms, reference, tmp_path, capsys):
     run = tmp_path / 'run'
     run.mkdir()
@@ -514,18 +570,21 @@ def test_tensorboard_missing_is_one_line(phantoms, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------ distributed
 
-def test_torchrun_two_processes_gloo(phantoms, tmp_path):
-    run, steps = tmp_path / 'run', 4
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', 'train.py',
-           *args(phantoms, run, *TENSORBOARD, max_iterations=steps, labelnum=4, batch_size=2, labeled_bs=1,
-                 image_every=2)]
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+def torchrun(*argv):
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', 'train.py', *argv]
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, 'OMP_NUM_THREADS': '1'}, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_torchrun_two_processes_gloo_and_its_exact_resume(phantoms, tmp_path):
+    run, resumed, steps = tmp_path / 'run', tmp_path / 'resumed', 4
+    flags = dict(max_iterations=steps, labelnum=4, batch_size=2, labeled_bs=1, image_every=2, save_every=2)
+    torchrun(*args(phantoms, run, *TENSORBOARD, **flags))
     # which volumes each rank trains on: tests/test_samplers.py, test_rank_slices_as_train_py_draws_them
 
     # only rank 0 writes the run's files: one set, each line once
-    files = ['config.json', 'final.pth', 'iterations.csv', 'log.txt']
+    files = ['config.json', 'final.pth', 'iterations.csv', 'latest.pth', 'log.txt']
     assert sorted(p.name for p in run.iterdir()) == files + (['tensorboard'] if TENSORBOARD else [])
     if TENSORBOARD:
         assert len(list((run / 'tensorboard').iterdir())) == 1
@@ -533,7 +592,21 @@ def test_torchrun_two_processes_gloo(phantoms, tmp_path):
     log = (run / 'log.txt').read_text()
     assert log.count('world size 2') == 1 and log.count('finished') == 1
     assert [int(r['iteration']) for r in read_csv(run / 'iterations.csv')] == list(range(steps))
-    assert load(run / 'final.pth')['iteration'] == steps
+    final = load(run / 'final.pth')
+    assert final['iteration'] == steps
+    cpu_states = [r['torch'] for r in final['rng']['ranks']]  # each rank's own generator: its own dropout masks
+    assert len(cpu_states) == 2 and not torch.equal(*cpu_states)
+
+    # stopped at the checkpoint of iteration 2 and resumed: every tensor as in the uninterrupted run
+    resumed.mkdir()
+    shutil.copy(run / 'latest.pth', resumed / 'latest.pth')
+    torchrun(*args(phantoms, resumed, *TENSORBOARD, '--resume', 'auto', **flags))
+    assert 'resumed from' in (resumed / 'log.txt').read_text()
+    assert_same_run(final, load(resumed / 'final.pth'))
+
+    # another number of processes is another run (each rank's data slice and random state): refused by name
+    with pytest.raises(CheckpointError, match='written by 2 process.*this run has 1.*--nproc_per_node 2'):
+        train.main(args(phantoms, resumed, '--resume', str(run / 'latest.pth'), **flags))
 
 
 # --------------------------------------------------------------------------------- the paper by default

@@ -116,12 +116,27 @@ def use_channels_last(flag, device):
 
 
 def select_device(gpu, local_rank=None):
-    """'-1'/'cpu' -> CPU; 'N' -> cuda:N, falling back to the CPU with one warning when CUDA is absent."""
+    """'-1'/'cpu' -> CPU; 'N' -> cuda:N, falling back to the CPU with one warning when CUDA is absent.
+
+    Under torchrun (local_rank given) each process owns the GPU of its LOCAL_RANK, and '-1'/'cpu' still mean
+    the CPU (the processes then talk over gloo). Another index than the default 0 cannot hold for every
+    process: it is replaced, with one warning from local rank 0 that says so."""
     gpu = str(gpu).strip().lower()
-    if local_rank is not None:  # under torchrun each process owns one device
-        return torch.device('cuda', local_rank) if torch.cuda.is_available() else torch.device('cpu')
     if gpu in ('-1', 'cpu'):
         return torch.device('cpu')
+    if local_rank is not None:
+        if not gpu.isdigit():
+            raise UsageError(f'--gpu {gpu}: under torchrun each process uses the GPU of its LOCAL_RANK; choose the '
+                             f'GPUs with CUDA_VISIBLE_DEVICES, or pass --gpu -1 for the CPU')
+        if gpu != '0' and local_rank == 0:
+            warnings.warn(f'--gpu {gpu} is replaced under torchrun: each process uses the GPU of its LOCAL_RANK '
+                          f'(process i: cuda:i); choose the GPUs with CUDA_VISIBLE_DEVICES', stacklevel=2)
+        if not torch.cuda.is_available():
+            return torch.device('cpu')
+        if local_rank >= torch.cuda.device_count():
+            raise UsageError(f'LOCAL_RANK {local_rank}: only {torch.cuda.device_count()} CUDA device(s) visible; '
+                             f'lower torchrun --nproc_per_node')
+        return torch.device('cuda', local_rank)
     if ',' in gpu:
         raise UsageError(f'--gpu {gpu}: one process uses one GPU; for several, run '
                          f'torchrun --nproc_per_node {len(gpu.split(","))} train.py ... '

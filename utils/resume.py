@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from utils.checkpoint import CheckpointError, load_checkpoint, load_weights
-from utils.seeding import set_rng_state
+from utils.seeding import saved_world_size, set_rng_state
 
 CHECKPOINT_NAMES = ('final.pth', 'latest.pth')
 
@@ -27,16 +27,16 @@ def find_resume(resume, run_dir):
 NO_BEST = {'dice': -1.0, 'iteration': None}
 
 
-def resume_point(cfg, run_keys, nets, optimizers, is_main=True):
+def resume_point(cfg, run_keys, nets, optimizers, is_main=True, scaler=None, rank=0, world_size=1, device='cpu'):
     """(iteration, checkpoint path, best) where the run in folder cfg['snapshot_path'] starts: with --resume,
     the checkpoint's, restored into nets and optimizers (see restore), and the best validation score so far
     ({'dice', 'iteration'} of best.pth), so that a resumed run replaces best.pth only with a better model;
     otherwise (0, None, NO_BEST), refused where the folder already holds checkpoints, which a new run would
-    overwrite."""
+    overwrite. scaler, rank, world_size, device: see restore."""
     run_dir = Path(cfg['snapshot_path'])
     path = find_resume(cfg['resume'], run_dir) if cfg['resume'] else None
     if path is not None:
-        iteration, best = restore(path, cfg, run_keys, nets, optimizers)
+        iteration, best = restore(path, cfg, run_keys, nets, optimizers, scaler, rank, world_size, device)
         return iteration, path, best
     if is_main and any(run_dir.glob('*.pth')):
         raise SystemExit(f'error: {run_dir} already holds checkpoints; pass --resume auto to continue it, '
@@ -51,10 +51,12 @@ def iteration_of(ckpt, path):
     return ckpt['iteration']
 
 
-def restore(path, cfg, run_keys, nets, optimizers):
-    """Load nets {'net_a': module, ...}, optimizers {'net_a': SGD, ...} and the RNG state from the
-    checkpoint at `path`; return its iteration and its best validation score ({'dice', 'iteration'}). Raises CheckpointError when the file is unreadable,
-    foreign, of another architecture, or saved with other settings (the caller then stops)."""
+def restore(path, cfg, run_keys, nets, optimizers, scaler=None, rank=0, world_size=1, device='cpu'):
+    """Load nets {'net_a': module, ...}, optimizers {'net_a': SGD, ...}, the gradient scaler's state (where
+    the checkpoint has one; a scaler off ignores it) and process `rank`'s RNG state (on `device`) from the
+    checkpoint at `path`; return its iteration and its best validation score ({'dice', 'iteration'}). Raises
+    CheckpointError when the file is unreadable, foreign, of another architecture, saved with other settings
+    or by another number of processes (the caller then stops)."""
     ckpt = load_checkpoint(path)
     iteration = iteration_of(ckpt, path)
     wanted = ['config', 'rng', *nets, *('optimizer_' + n[-1] for n in optimizers)]
@@ -79,11 +81,23 @@ def restore(path, cfg, run_keys, nets, optimizers):
     if not 0 <= iteration <= cfg['max_iterations']:
         raise CheckpointError(f'{path}: iteration {iteration} outside 0..{cfg["max_iterations"]}')
     try:
+        written_by = saved_world_size(ckpt['rng'])
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f'{path}: damaged RNG state ({type(e).__name__}: {e})') from None
+    # Each rank's batches and random state belong to its rank of a world of that size: another size is another
+    # run. The older layout (one state for every rank) does not say; it restores as it did, not bit-exact
+    # under torchrun.
+    if written_by is not None and written_by != world_size:
+        raise CheckpointError(f'{path}: written by {written_by} process(es), this run has {world_size}; resume with '
+                              f'the same number (torchrun --nproc_per_node {written_by}), or start a new --exp')
+    try:
         for name, opt in optimizers.items():
             opt.load_state_dict(ckpt['optimizer_' + name[-1]])
-        set_rng_state(ckpt['rng'])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f'{path}: damaged optimiser or RNG state ({type(e).__name__}: {e})') from None
+        set_rng_state(ckpt['rng'], rank, device)
+        if scaler is not None and ckpt.get('scaler'):  # {}: saved with the scaler off; older files have none
+            scaler.load_state_dict(ckpt['scaler'])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f'{path}: damaged optimiser, RNG or scaler state ({type(e).__name__}: {e})') from None
     best = ckpt.get('best', NO_BEST)
     if not (isinstance(best, dict) and isinstance(best.get('dice'), float)):
         raise CheckpointError(f'{path}: damaged best validation score {best!r}')

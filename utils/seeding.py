@@ -8,6 +8,7 @@ import random
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 
 def seed_everything(seed, deterministic=True):
@@ -35,15 +36,49 @@ def step_generator(seed, iteration, device):
     return g
 
 
-def rng_state():
-    """Global torch RNG states as tensors (loadable with weights_only=True)."""
+def rng_state(device='cpu'):
+    """This process's torch generator states as tensors (loadable with weights_only=True): the CPU's, and on
+    CUDA the generator of the run's own device only, so that a checkpoint does not depend on how many GPUs
+    were visible."""
     state = {'torch': torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
+    if torch.device(device).type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state):
-    torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+def rng_states(device='cpu', world_size=1):
+    """A checkpoint's 'rng': {'ranks': [rank 0's rng_state, rank 1's, ...]}, each process's own generators
+    (dropout masks differ per rank). Under torchrun every rank must call it: the states are gathered."""
+    own = rng_state(device)
+    if world_size == 1:
+        return {'ranks': [own]}
+    # One flat tensor per rank on the backend's device (NCCL moves CUDA tensors only); every rank's states
+    # have the same sizes, as every rank runs the same torch on the same kind of device.
+    flat = torch.cat([own['torch'], own.get('cuda', own['torch'][:0])]).to(device)
+    gathered = [torch.empty_like(flat) for _ in range(world_size)]
+    dist.all_gather(gathered, flat)
+    n = own['torch'].numel()
+    return {'ranks': [{'torch': g[:n].cpu().clone(), **({'cuda': g[n:].cpu().clone()} if 'cuda' in own else {})}
+                      for g in gathered]}
+
+
+def saved_world_size(state):
+    """How many processes wrote a checkpoint's 'rng'; None for the layout of older versions (one state)."""
+    return len(state['ranks']) if 'ranks' in state else None
+
+
+def set_rng_state(state, rank=0, device='cpu'):
+    """Restore rank `rank`'s generators from a checkpoint's 'rng' (rng_states' layout, or the older one of a
+    single state with every visible GPU's CUDA generator: the run's device's entry where it has one). A
+    CUDA state restores on a CUDA run only."""
+    device = torch.device(device)
+    if 'ranks' in state:
+        own = state['ranks'][rank]
+    else:
+        own = {'torch': state['torch']}
+        index = device.index if device.index is not None else 0
+        if device.type == 'cuda' and index < len(state.get('cuda', ())):
+            own['cuda'] = state['cuda'][index]
+    torch.set_rng_state(own['torch'])
+    if 'cuda' in own and device.type == 'cuda':
+        torch.cuda.set_rng_state(own['cuda'], device)
