@@ -43,12 +43,13 @@ def affine_problem(affine, name):
     """One line naming `name` when a 4x4 voxel-to-world affine is not finite or its axes are zero or
     parallel (a singular matrix: no voxel size, no orientation), else None."""
     affine = np.asarray(affine, dtype=float)
+    name = f'{name}: ' if name else ''
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
-        return f'{name}: the header\'s geometry (affine) holds NaN or infinite values: {affine[:3].tolist()}'
+        return f'{name}the header\'s geometry (affine) holds NaN or infinite values: {affine[:3].tolist()}'
     columns = affine[:3, :3]
     lengths = np.linalg.norm(columns, axis=0)
     if lengths.min() == 0 or abs(np.linalg.det(columns)) < SINGULAR * float(np.prod(lengths)):
-        return (f'{name}: the header\'s geometry (affine) is singular (a zero voxel size or parallel axes): '
+        return (f'{name}the header\'s geometry (affine) is singular (a zero voxel size or parallel axes): '
                 f'{np.round(columns, 6).tolist()}')
     return None
 
@@ -164,11 +165,12 @@ def size_problem(shape, name, spacing=None, target=None, flag='--spacing'):
         where = f' at {flag} {",".join(f"{t:g}" for t in target)}'
     else:
         where = ''
+    name = f'{name}: ' if name else ''
     if min(shape) < MIN_AXIS:
-        return (f'{name}: {_shape(shape)} voxels{where}, fewer than the minimum of {MIN_AXIS} along an axis '
+        return (f'{name}{_shape(shape)} voxels{where}, fewer than the minimum of {MIN_AXIS} along an axis '
                 '(a slice stack, not a volume)')
     if math.prod(shape) > MAX_VOXELS:
-        return (f'{name}: {_shape(shape)} voxels{where}, more than the maximum of {MAX_VOXELS} '
+        return (f'{name}{_shape(shape)} voxels{where}, more than the maximum of {MAX_VOXELS} '
                 f'(2**{int(math.log2(MAX_VOXELS))}) voxels that fit in memory')
     return None
 
