@@ -31,7 +31,8 @@ from dataloaders.pictures import optional_import, save_case_png
 from dataloaders.volumes import StagingDir, recipe_problems, scan_problem, to_network_grid, to_scan_grid, to_stored
 from utils.checkpoint import CheckpointError, load_checkpoint, load_weights
 from utils.cli import OneLineParser, UsageError, run_cli
-from utils.config import PRESETS, add_common_args, build_net, resolve, select_device, use_channels_last
+from utils.config import (PRESETS, add_common_args, amp_dtype, build_net, resolve, select_device,
+                          use_channels_last)
 from utils.inference import gaussian_weight, keep_largest_components, overlap_strides, test_all_case, test_single_case
 from utils.metrics import METRICS, calculate_metric_percase, summarize
 from utils.volume_io import (PredictionWriter, UniqueNames, input_files, is_scan, label_dtype, label_map_suffix,
@@ -404,7 +405,7 @@ def segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib,
     def segment(image):
         return test_single_case(list(nets.values()), image, stride_xy, stride_z, cfg['patch_size'], cfg['num_classes'],
                                 device=device, batch_size=cfg['batch_windows'], weight=weight,
-                                channels_last=cfg['channels_last'], amp=cfg['amp'])
+                                channels_last=cfg['channels_last'], amp=amp_dtype(device) if cfg['amp'] else None)
     names = UniqueNames()
     with StagingDir(out_dir) as stage:
         folder = stage.path / 'predictions_input'
@@ -485,7 +486,7 @@ def main(argv=None):
                          stride_z, device=device, lcc=cfg['lcc'], spacing=cfg['spacing'],
                          lineage_empty=cfg['lineage_empty'], save_fn=each(savers), batch_size=cfg['batch_windows'],
                          weight=weight, progress=not cfg['no_progress'], channels_last=cfg['channels_last'],
-                         amp=cfg['amp'])
+                         amp=amp_dtype(device) if cfg['amp'] else None)
     wall = time.perf_counter() - start
 
     summary = summarize(rows)

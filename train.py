@@ -285,7 +285,7 @@ def validate(eval_nets, cases, cfg, device):
         sample = cases[i]
         pred, _ = test_single_case(eval_nets, sample['image'], preset['stride_xy'], preset['stride_z'],
                                    cfg['patch_size'], cfg['num_classes'], device=device,
-                                   channels_last=cfg['channels_last'], amp=cfg['amp'])
+                                   channels_last=cfg['channels_last'], amp=amp_dtype(device) if cfg['amp'] else None)
         dices.append(calculate_metric_percase(pred > 0, sample['label'] > 0)[0])
     for net in eval_nets:
         net.train()

@@ -193,7 +193,7 @@ def check_inference(args, device, trained):
     def segment(where, amp, channels_last):
         t0 = time.perf_counter()
         pred = test_single_case(nets, volume, stride_xy, stride_z, patch, 2, device=where, channels_last=channels_last,
-                                amp=amp)[0]  # returns numpy: the device has finished
+                                amp=amp_dtype(where) if amp else None)[0]  # returns numpy: the device has finished
         return pred, time.perf_counter() - t0
     for name, amp, channels_last in (('float32', False, False), ('amp + channels_last', True, True)):
         segment(device, amp, channels_last)  # warm-up (cudnn.benchmark tunes here)
