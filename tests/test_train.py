@@ -107,6 +107,7 @@ def test_every_method_writes_a_complete_run(phantoms, reference, tmp_path, metho
     assert isinstance(ckpt['config'], dict) and json.loads(json.dumps(ckpt['config'])) == saved
     assert saved['method'] == method and saved['labelnum'] == labelnum
     assert saved['channels_last'] is True  # the CPU's default
+    assert saved['tf32'] == 0 and torch.backends.cudnn.conv.fp32_precision == 'ieee'  # true float32 by default
 
     rows = read_csv(run / 'iterations.csv')
     assert list(rows[0]) == ['iteration'] + TERMS[method]
