@@ -35,6 +35,7 @@ from utils.config import (PRESETS, add_common_args, amp_dtype, build_net, resolv
                           use_channels_last)
 from utils.inference import gaussian_weight, keep_largest_components, overlap_strides, test_all_case, test_single_case
 from utils.metrics import METRICS, calculate_metric_percase, summarize
+from utils.seeding import set_cudnn, set_tf32
 from utils.volume_io import (PredictionWriter, UniqueNames, input_files, is_scan, label_dtype, label_map_suffix,
                              nibabel_or_none, read_scan_input, read_volume, spacing_affine, volume_suffix,
                              write_label_map)
@@ -96,6 +97,11 @@ def build_parser():
     g.add_argument('--batch_windows', type=positive_int, default=1,
                    help='windows per forward pass (default 1; measure others with benchmarks/inference_speed.py)')
     g.add_argument('--amp', action='store_true', help='autocast forward passes: float16 on CUDA, bfloat16 on the CPU')
+    g.add_argument('--deterministic', type=int, choices=[0, 1], default=0,
+                   help="0: cuDNN's benchmark mode times its convolution algorithms once for the window size, "
+                        'which every forward pass shares; 1: its deterministic algorithms, untimed, for label maps '
+                        'equal to the bit from one process to the next (benchmark mode may pick another algorithm '
+                        'and move a voxel at a tie)')
     g = p.add_argument_group('metrics')
     g.add_argument('--lcc', action='store_true', help='keep the largest connected component of each class')
     g.add_argument('--spacing', type=parse_spacing, default=None, help='x,y,z mm per voxel: distances in mm')
@@ -451,6 +457,8 @@ def main(argv=None):
         raise UsageError('pass either --checkpoint (a train.py checkpoint) or --vnet_ckpt/--resnet_ckpt, not both')
     device = select_device(cfg['gpu'])
     cfg['channels_last'] = use_channels_last(cfg['channels_last'], device)
+    set_cudnn(cfg['deterministic'])
+    set_tf32(cfg['tf32'])
 
     nets, info = load_published(cfg) if published else load_project(cfg, explicit, notes)
     for net in nets.values():
@@ -502,7 +510,8 @@ def main(argv=None):
                                     'batch_windows')}
     settings.update(list_file=str(dataset.list_file), pattern=pattern, nets=list(nets), stride_xy=stride_xy,
                     stride_z=stride_z, device=str(device), torch=torch.__version__)
-    settings.update(channels_last=cfg['channels_last'], amp=cfg['amp'])
+    settings.update(channels_last=cfg['channels_last'], amp=cfg['amp'], tf32=cfg['tf32'],
+                    deterministic=cfg['deterministic'])
     result = {
         'metrics': {k: v for k, v in summary.items() if isinstance(v, dict)},
         'n_cases': summary['n_cases'], 'n_empty': summary['n_empty'], 'n_gt_empty': summary['n_gt_empty'],

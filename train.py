@@ -36,7 +36,7 @@ from utils.metrics import calculate_metric_percase
 from utils.ramps import sigmoid_rampup
 from utils.resume import resume_point
 from utils.run_log import RunRecords, host_values, setup_logger
-from utils.seeding import rng_states, seed_everything, step_generator
+from utils.seeding import rng_states, seed_everything, set_tf32, step_generator
 from utils.signals import StopSignals, worker_init
 
 def build_parser():
@@ -152,9 +152,11 @@ def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
               label_fg, and the pseudo-label shares reliable (R's share of unlabeled voxels), pseudo_fg
               (yhat's foreground share) and reliable_fg (foreground share within R), 0 when no pseudo-labels
               are made;
-      extra   {'winner': 'A' or 'B', 'lambda_con': the ramped contrastive weight, 'unsup_weight': the factor
-              on L_reg, L_urps and L_cps (1 with --ramp_unsup 0)}, the last two as Python numbers.
-    train.py logs record and extra, under these names, as iterations.csv columns."""
+      extra   {'winner': a 0-d bool tensor, True where A wins, 'lambda_con': the ramped contrastive weight,
+              'unsup_weight': the factor on L_reg, L_urps and L_cps (1 with --ramp_unsup 0)}, the last two as
+              Python numbers.
+    train.py logs record and extra, under these names, as iterations.csv columns (the winner as A or B).
+    Nothing here waits for the device to pick the winner: both choices are made by torch.where on the device."""
     lb = cfg['labeled_bs']
     (logits_a, feat_a), (logits_b, feat_b) = out_a, out_b
     logits_a, logits_b = logits_a.float(), logits_b.float()
@@ -170,7 +172,7 @@ def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
     if world_size > 1:
         dist.all_reduce(dice_pair)
         dice_pair /= world_size
-    a_wins = bool(dice_pair[0] <= dice_pair[1])
+    a_wins = dice_pair[0] <= dice_pair[1]  # a 0-d tensor: bool() would wait for the device every step
 
     # 3. mutual correction where exactly one network is confident (labeled part)
     mc_a = mc_b = zero
@@ -183,8 +185,9 @@ def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
     reg = cosine_consistency_loss(prob_a, prob_b) if cfg['lambda_reg'] > 0 else zero
 
     # 5. uncertainty-rectified pseudo supervision: the winner teaches the loser
-    teacher_prob, student_logits = (prob_a, logits_b) if a_wins else (prob_b, logits_a)
-    urps = urps_loss(student_logits, teacher_prob) if cfg['lambda_urps'] > 0 else zero
+    urps = zero
+    if cfg['lambda_urps'] > 0:  # the winner's tensor bit for bit; the winner gets zero gradient through where
+        urps = urps_loss(torch.where(a_wins, logits_b, logits_a), torch.where(a_wins, prob_a, prob_b))
 
     # 6. entropy-filtered cross pseudo-labels on the unlabeled part (term 7 uses them too)
     pseudo = reliable = None
@@ -200,9 +203,10 @@ def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
     lambda_c = cfg['lambda_con'] * ramp
     con = zero
     if cfg['lambda_con'] > 0:
-        loser_feat, loser_prob = (feat_b, prob_b) if a_wins else (feat_a, prob_a)
-        con = prototype_contrastive_loss(loser_feat[lb:], loser_prob[lb:], pseudo, reliable,
-                                         cfg['contrast_tau'], cfg['contrast_samples'], generator)
+        loser_feat = torch.where(a_wins, feat_b[lb:], feat_a[lb:])
+        loser_prob = torch.where(a_wins, prob_b[lb:], prob_a[lb:])
+        con = prototype_contrastive_loss(loser_feat, loser_prob, pseudo, reliable, cfg['contrast_tau'],
+                                         cfg['contrast_samples'], generator)
 
     # 8. the total; --ramp_unsup 1 holds back the terms that learn from the networks' own early guesses, which
     # at full weight from iteration 0 can agree on background everywhere and never leave it
@@ -216,7 +220,7 @@ def dual_losses(out_a, out_b, label, cfg, it, generator, world_size):
         fg = pseudo > 0
         record.update(reliable=reliable.float().mean(), pseudo_fg=fg.float().mean(),
                       reliable_fg=(fg & reliable).sum() / reliable.sum().clamp_min(1))
-    return total, record, {'winner': 'A' if a_wins else 'B', 'lambda_con': lambda_c, 'unsup_weight': unsup}
+    return total, record, {'winner': a_wins, 'lambda_con': lambda_c, 'unsup_weight': unsup}
 
 
 def mt_losses(student_out, teacher_logits, label, cfg, it):
@@ -240,8 +244,10 @@ def add_noise(image, std, generator):
 def update_ema(teacher, student, decay, it):
     """teacher = a * teacher + (1 - a) * student, with a warm start a = min(1 - 1/(it + 1), decay)."""
     a = min(1.0 - 1.0 / (it + 1), decay)
-    for t, s in zip(teacher.parameters(), student.parameters()):
-        t.mul_(a).add_(s, alpha=1.0 - a)
+    # one multi-tensor operation over all parameters instead of two small kernels per parameter tensor
+    teacher_params, student_params = list(teacher.parameters()), list(student.parameters())
+    torch._foreach_mul_(teacher_params, a)
+    torch._foreach_add_(teacher_params, student_params, alpha=1.0 - a)
 
 
 def train_step(nets, optimizers, scaler, image, label, cfg, it, generator, world_size=1, amp=None):
@@ -346,6 +352,7 @@ def main(argv=None):
     is_main = rank == 0
     amp = amp_dtype(device) if cfg['amp'] else None
     seed_everything(cfg['seed'], bool(cfg['deterministic']))
+    set_tf32(cfg['tf32'])
 
     # --- data: check the folder first, then the two-stream sampler over iterations ---
     train_set, val_set = load_data(cfg, is_main, world_size)
@@ -422,12 +429,16 @@ def main(argv=None):
             label = batch['label'].to(device, non_blocking=True)
             generator = step_generator(cfg['seed'] + rank, it, device)
             _, record, extra = train_step(nets, optimizers, scaler, image, label, cfg, it, generator, world_size, amp)
-            values = host_values(record, it, run_dir)
+            # the winner, a device tensor, goes to the host with the record in host_values' one copy
+            values = host_values({**record, **{k: v for k, v in extra.items() if torch.is_tensor(v)}}, it, run_dir)
+            row = {'lr': lr, **values, **extra}
+            if 'winner' in row:
+                row['winner'] = 'A' if values['winner'] else 'B'
             if makes_pseudo:
                 records.warn(watch.update(values['pseudo_fg'], values['label_fg']))
 
             done = it + 1
-            records.write(it, {'lr': lr, **values, **extra})
+            records.write(it, row)
             if cfg['image_every'] and done % cfg['image_every'] == 0:
                 records.board.slices(it, {n: plain[n] for n in ('net_a', 'net_b', 'ema') if n in plain}, image,
                                      label, cfg['labeled_bs'] if cfg['method'] != 'sup' else None, cfg['num_classes'])
