@@ -135,11 +135,15 @@ def test_dicom_bad_geometry_is_refused_in_one_line(tmp_path, case, write, words)
 
 
 def test_dicom_increments_within_the_tolerance_are_one_series(tmp_path):
-    """Positions rounded to 0.01 mm (as scanners write them) are no gap: 0.833 mm steps written 0.83 / 0.84."""
+    """Positions rounded to 0.01 mm (as scanners write them) are no gap: 0.8333 mm steps written 0.83 / 0.84;
+    half a slice more is one."""
     write_ct_series(tmp_path, ramp(), slice_mm=0.8333,
                     edit=lambda z, ds: setattr(ds, 'ImagePositionPatient', [0.0, 0.0, round(z * 0.8333, 2)]))
     _, spacing = read_ct_series(tmp_path)
     assert spacing[2] == pytest.approx(0.8333, abs=2e-3)
+    write_ct_series(tmp_path / 'b', ramp(), slice_mm=0.8333, order=range(5), edit=lambda z, ds: setattr(
+        ds, 'ImagePositionPatient', [0.0, 0.0, round(z * 0.8333 + (0.4 if z > 2 else 0), 2)]))
+    refused(tmp_path / 'b', 'slice002.dcm and slice003.dcm are 1.23 mm apart', 'may differ by 0.02 mm')
 
 
 @pytest.mark.parametrize('damage', ['header cut', 'pixels cut', 'not DICOM', 'empty'])

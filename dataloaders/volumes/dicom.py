@@ -10,9 +10,9 @@ wrong and the stack looks plausible either way:
   - slices are sorted by their position along the normal of their planes (ImagePositionPatient on the
     cross product of ImageOrientationPatient's two directions), not by InstanceNumber or file name; the
     stack runs the way InstanceNumber runs, the lineage's voxel order;
-  - refused: fewer than MIN_SLICES slices, two slices at one position, an increment that differs from the
-    series' spacing by more than slice_tolerance (a missing slice), slices shifted across their planes
-    (a gantry-tilted series), mixed orientations, sizes or pixel spacings, missing, NaN or degenerate
+  - refused: fewer than MIN_SLICES slices, two slices at one position (0.01 mm apart or less), an
+    increment that exceeds the smallest by more than slice_tolerance (a missing slice), slices shifted
+    across their planes (a gantry-tilted series), mixed orientations, sizes or pixel spacings, missing, NaN or degenerate
     geometry (zero spacing, orientation vectors that are not orthogonal unit vectors);
   - a DICOM file that cannot be read, or lacks what every DICOM object has, is named, never skipped.
 pydicom is optional and imported only here (docs/data.md says why not SimpleITK).
@@ -33,9 +33,10 @@ SPACING_TOLERANCE = 1e-4  # mm: PixelSpacing of two slices of one series
 
 
 def slice_tolerance(spacing):
-    """mm by which a slice increment may differ from the series' spacing: 1 % of it, at least 0.01 mm
-    (positions are decimal strings in mm, often rounded to 0.01 mm or finer)."""
-    return max(0.01, 0.01 * abs(spacing))
+    """mm by which a slice increment may exceed the smallest one: 1 % of the spacing, at least 0.02 mm
+    (positions are decimal strings in mm, often rounded to 0.01 mm: two increments then differ by up to
+    0.02 mm)."""
+    return max(0.02, 0.01 * abs(spacing))
 
 
 def _one_line(err):
@@ -179,7 +180,7 @@ def _stack_order(folder, slices):
     for i in np.flatnonzero(steps <= 0.01)[:1]:
         raise VolumeError(f'{folder}: two slices at one position ({along[order][i]:g} mm along the normal): '
                           f'{names[i]} and {names[i + 1]}')
-    spacing = float(np.median(steps))
+    spacing = float(steps.min())  # a missing slice makes one increment larger, never smaller
     for i in np.flatnonzero(np.abs(steps - spacing) > slice_tolerance(spacing))[:1]:
         raise VolumeError(f'{folder}: slices {names[i]} and {names[i + 1]} are {steps[i]:g} mm apart but the '
                           f'series\' spacing is {spacing:g} mm (a missing slice?); increments may differ by '
