@@ -235,13 +235,16 @@ def read_ct_scan(folder, series=None):
         raise VolumeError(f'{folder}: no DICOM file in the folder')
     slices, step, normal, (row_mm, col_mm), orientation = _stack_order(folder, _choose_series(folder, datasets,
                                                                                                series))
-    stack = np.stack([_hu_slice(p, pydicom) for p, _ in slices], axis=-1)  # (rows, cols, slices)
-    # rows run along y and columns along x: (rows, cols, z) -> (x, y, z)
+    # slices first, each written whole: stacking along a last axis of 512x512 slices took 5x longer
+    stack = np.empty((len(slices), int(slices[0][1].Rows), int(slices[0][1].Columns)), dtype=np.float32)
+    for k, (path, _) in enumerate(slices):
+        stack[k] = _hu_slice(path, pydicom)
+    # rows run along y and columns along x: (z, rows, cols) -> (x, y, z)
     spacing = header_precision((col_mm, row_mm, abs(step)))
     affine = np.eye(4)
     affine[:3, :3] = np.stack([orientation[:3], orientation[3:], normal * np.sign(step)], axis=1) * spacing
     affine[:3, 3] = np.array([float(v) for v in slices[0][1].ImagePositionPatient])
-    return np.ascontiguousarray(stack.transpose(1, 0, 2)), spacing, np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    return np.ascontiguousarray(stack.transpose(2, 1, 0)), spacing, np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
 
 
 def read_ct_series(folder, series=None):
