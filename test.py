@@ -85,6 +85,9 @@ def build_parser():
                         "checkpoint's import recipe also .nrrd and a DICOM series folder) and write label maps; "
                         'no metrics. A scan goes through the recipe: its map, <name>_pred.nii.gz, has the '
                         "scan's shape, affine and label values")
+    g.add_argument('--series', default=None, metavar='UID',
+                   help='--input is a DICOM folder holding several CT series: read the one with this '
+                        'SeriesInstanceUID')
     g.add_argument('--normalize', choices=NORMALIZE_MODES, default=None,
                    help="intensity normalisation of every volume read (default: the checkpoint's; published "
                         "state dicts: none)")
@@ -368,8 +371,10 @@ def window_settings(cfg, explicit):
     return stride_xy, stride_z, weight
 
 
-def check_inputs(sources, recipe, checkpoint, nib):
+def check_inputs(sources, recipe, checkpoint, nib, series=None):
     """Refuse, before any work, an --input volume that cannot be segmented with this checkpoint."""
+    if series is not None and not any(path.is_dir() for path in sources):
+        raise UsageError(f'--series {series}: --input {sources[0]} is no DICOM series folder')
     for path in sources:
         if recipe is None and (path.is_dir() or volume_suffix(path) == '.nrrd'):
             raise UsageError(f'--input {path}: NRRD and DICOM scans are read through the import recipe (dataset.json) '
@@ -379,11 +384,11 @@ def check_inputs(sources, recipe, checkpoint, nib):
                          'pip install nibabel')
 
 
-def segment_scan(path, recipe, segment, normalize, lcc):
+def segment_scan(path, recipe, segment, normalize, lcc, series=None):
     """(label map as the scan stores it, the scan, its affine, its voxel size) of a scan through the import
     recipe: onto the network's grid, the sliding window segment(image) -> (label, scores), and back.
     normalize: the checkpoint's --normalize, applied after the recipe as training applied it to the cases."""
-    image, affine, spacing = read_scan_input(path)
+    image, affine, spacing = read_scan_input(path, series)
     problem = scan_problem(image, recipe, affine)
     if problem is not None:
         raise UsageError(f'--input {path}: {problem}')
@@ -403,7 +408,7 @@ def segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib,
     in the volume's format (or --nifti / --h5's)."""
     recipe = info['recipe']
     sources = input_files(cfg['input'], series=recipe is not None)
-    check_inputs(sources, recipe, info['checkpoint'], nib)
+    check_inputs(sources, recipe, info['checkpoint'], nib, cfg['series'])
     if recipe is not None and recipe['crop'] == 'label' and any(is_scan(p) for p in sources):
         print('note: the import recipe crops around the ground-truth label, which a new scan lacks: the whole scan '
               'is segmented', file=sys.stderr)
@@ -420,7 +425,8 @@ def segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib,
         for path in tqdm(sources, desc='segment', unit='volume', disable=cfg['no_progress']):
             stem = path.name if path.is_dir() else path.name[:-len(volume_suffix(path))]
             if recipe is not None and is_scan(path):
-                pred, image, affine, spacing = segment_scan(path, recipe, segment, cfg['normalize'], cfg['lcc'])
+                pred, image, affine, spacing = segment_scan(path, recipe, segment, cfg['normalize'], cfg['lcc'],
+                                                            cfg['series'])
                 kind = '.nii.gz'
             else:
                 image, affine = read_volume(path)
@@ -450,6 +456,8 @@ def main(argv=None):
     nib = nibabel_or_none()
     if cfg['nifti'] and nib is None:
         raise UsageError('--nifti needs nibabel, which is not installed: pip install nibabel')
+    if cfg['series'] is not None and cfg['input'] is None:
+        raise UsageError(f'--series {cfg["series"]}: chooses a DICOM series of --input, which is not given')
     if cfg['save_png']:
         optional_import('matplotlib.figure', '--save_png', 'matplotlib')  # before any case is segmented
     published = bool(cfg['vnet_ckpt'] or cfg['resnet_ckpt'])
