@@ -23,7 +23,7 @@ import torch
 import train
 from dataloaders import (Compose, H5Dataset, IterationBatchSampler, RandomCrop, ToTensor, TwoStreamBatchSampler,
                          normalize_intensity)
-from conftest import ITERATION_COLUMNS, train_argv
+from conftest import ITERATION_COLUMNS, require_extra, train_argv
 from losses import supervised_loss
 from networks import ResNet34VNet, VNet
 from utils.config import run_keys
@@ -470,7 +470,7 @@ def tensorboard_events(run):
 
 
 def test_tensorboard_holds_the_csv_values_and_a_resume_adds_no_duplicate_step(phantoms, reference, tmp_path):
-    pytest.importorskip('tensorboard')
+    require_extra('tensorboard')
     run = tmp_path / 'run'
     flags = dict(max_iterations=8, save_every=4, image_every=4)
     train.main(args(phantoms, run, '--tensorboard', **flags))
