@@ -33,6 +33,7 @@ from utils.config import (PRESETS, RUN_CONTROL, add_common_args, amp_dtype, buil
                           env_rank, init_distributed, resolve, run_keys, select_device, use_channels_last)
 from utils.inference import test_single_case
 from utils.metrics import calculate_metric_percase
+from utils.precision import check_cpu_amp
 from utils.ramps import sigmoid_rampup
 from utils.resume import resume_point
 from utils.run_log import RunRecords, host_values, setup_logger
@@ -340,6 +341,7 @@ def main(argv=None):
         init_distributed(device)
     is_main = rank == 0
     amp = amp_dtype(device) if cfg['amp'] else None
+    check_cpu_amp(amp, device, cfg['patch_size'], cfg['n_filters'], cfg['channels_last'])  # before any work
     seed_everything(cfg['seed'], bool(cfg['deterministic']))
 
     # --- data: check the folder first, then the two-stream sampler over iterations ---
