@@ -30,9 +30,11 @@ from utils.checkpoint import save_checkpoint
 from utils.collapse import CollapseWatch
 from utils.cli import OneLineParser, run_cli
 from utils.config import (PRESETS, RUN_CONTROL, add_common_args, amp_dtype, build_net, check_config, check_split,
+                          cpu_cost_warning,
                           env_rank, init_distributed, resolve, run_keys, select_device, use_channels_last)
 from utils.inference import test_single_case
 from utils.metrics import calculate_metric_percase
+from utils.precision import check_cpu_amp
 from utils.ramps import sigmoid_rampup
 from utils.resume import resume_point
 from utils.run_log import RunRecords, host_values, setup_logger
@@ -350,7 +352,10 @@ def main(argv=None):
     if world_size > 1:
         init_distributed(device)
     is_main = rank == 0
+    if is_main and (cost := cpu_cost_warning(cfg, device)):
+        print(cost, file=sys.stderr)
     amp = amp_dtype(device) if cfg['amp'] else None
+    check_cpu_amp(amp, device, cfg['patch_size'], cfg['n_filters'], cfg['channels_last'])
     seed_everything(cfg['seed'], bool(cfg['deterministic']))
     set_tf32(cfg['tf32'])
 

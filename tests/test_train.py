@@ -23,7 +23,7 @@ import torch
 import train
 from dataloaders import (Compose, H5Dataset, IterationBatchSampler, RandomCrop, ToTensor, TwoStreamBatchSampler,
                          normalize_intensity)
-from conftest import ITERATION_COLUMNS, train_argv
+from conftest import ITERATION_COLUMNS, require_extra, train_argv
 from losses import supervised_loss
 from networks import ResNet34VNet, VNet
 from utils.cli import UsageError
@@ -471,15 +471,20 @@ def test_resume_is_bit_exact_with_any_num_workers(phantoms, reference, tmp_path,
 
 @pytest.mark.parametrize('flags', [['--channels_last', '0'], ['--amp'], ['--amp', '--channels_last', '0']],
                          ids=['contiguous', 'amp', 'amp-contiguous'])
-def test_resume_is_bit_exact_in_contiguous_format_and_with_cpu_amp(phantoms, reference, tmp_path, flags):
+def test_resume_is_bit_exact_in_contiguous_format_and_with_cpu_amp(phantoms, tmp_path, flags):
     full, resumed = tmp_path / 'full', tmp_path / 'resumed'
-    train.main(args(phantoms, full, *flags, max_iterations=8, save_every=4))
-    if '--amp' in flags:  # on the CPU --amp trains in bfloat16: not the float32 weights
-        assert not torch.equal(load(full / 'final.pth')['net_a']['block_one.conv.0.weight'],
-                               load(reference / 'final.pth')['net_a']['block_one.conv.0.weight'])
+    # --amp at 48x48x32: V-Net levels down to 3x3x2, clear of the 2x2x1 and 2x2x2 at which some CPUs' bfloat16
+    # weight gradients are wrong (utils/precision.py; train.py refuses --amp there)
+    patch = dict(patch_size='48,48,32') if '--amp' in flags else {}
+    train.main(args(phantoms, full, *flags, max_iterations=8, save_every=4, **patch))
+    if '--amp' in flags:  # on the CPU --amp trains in bfloat16: not the float32 weights of the same 4 steps
+        float32 = [f for f in flags if f != '--amp']
+        train.main(args(phantoms, tmp_path / 'float32', *float32, max_iterations=4, rampup=8, **patch))
+        assert not torch.equal(load(full / 'latest.pth')['net_a']['block_one.conv.0.weight'],
+                               load(tmp_path / 'float32' / 'final.pth')['net_a']['block_one.conv.0.weight'])
     resumed.mkdir()
     shutil.copy(full / 'latest.pth', resumed / 'latest.pth')
-    train.main(args(phantoms, resumed, *flags, '--resume', 'auto', max_iterations=8))
+    train.main(args(phantoms, resumed, *flags, '--resume', 'auto', max_iterations=8, **patch))
     assert_same_run(load(full / 'final.pth'), load(resumed / 'final.pth'))
 
 
@@ -618,7 +623,7 @@ def tensorboard_events(run):
 
 
 def test_tensorboard_holds_the_csv_values_and_a_resume_adds_no_duplicate_step(phantoms, reference, tmp_path):
-    pytest.importorskip('tensorboard')
+    require_extra('tensorboard')
     run = tmp_path / 'run'
     flags = dict(max_iterations=8, save_every=4, image_every=4)
     train.main(args(phantoms, run, '--tensorboard', **flags))
