@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -135,31 +134,25 @@ def two_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
 
 
-def test_gpu_under_torchrun_is_the_local_rank_or_the_cpu(two_gpus):
-    with warnings.catch_warnings():
-        warnings.simplefilter('error')  # none of these warns
-        assert [select_device(g, 1) for g in ('-1', 'cpu', '0')] == [torch.device('cpu')] * 2 + [
-            torch.device('cuda', 1)]
-        assert select_device('1', 1) == torch.device('cuda', 1)  # local rank 0 alone warns, once for the run
-        assert select_device('0', None) == torch.device('cuda', 0)  # no torchrun: the flag's index
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        assert select_device('1', 0) == torch.device('cuda', 0)
-    assert len(caught) == 1 and '--gpu 1 is replaced' in str(caught[0].message)
-    assert 'LOCAL_RANK' in str(caught[0].message)
+def test_gpu_under_torchrun_is_the_local_rank_or_the_cpu(two_gpus, capsys):
+    assert [select_device(g, 1) for g in ('-1', 'cpu', '0')] == [torch.device('cpu')] * 2 + [torch.device('cuda', 1)]
+    assert select_device('1', 1) == torch.device('cuda', 1)  # local rank 0 alone warns, once for the run
+    assert select_device('0', None) == torch.device('cuda', 0)  # no torchrun: the flag's index
+    assert capsys.readouterr().err == ''  # none of these warns
+    assert select_device('1', 0) == torch.device('cuda', 0)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith('warning: --gpu 1 is replaced') and 'LOCAL_RANK' in lines[0]
     with pytest.raises(UsageError, match='LOCAL_RANK 2: only 2 CUDA'):
         select_device('0', 2)
     with pytest.raises(UsageError, match='--gpu 0,1: under torchrun'):
         select_device('0,1', 0)
 
 
-def test_gpu_index_without_cuda_falls_back_to_cpu_with_one_warning(phantoms, tmp_path, monkeypatch):
+def test_gpu_index_without_cuda_falls_back_to_cpu_with_one_warning(phantoms, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        train.main(args(phantoms, tmp_path / 'run', method='sup', gpu=0, max_iterations=1))
-    cuda = [w for w in caught if 'CUDA' in str(w.message)]
-    assert len(cuda) == 1 and 'CPU' in str(cuda[0].message)
+    train.main(args(phantoms, tmp_path / 'run', method='sup', gpu=0, max_iterations=1))
+    cuda = [line for line in capsys.readouterr().err.splitlines() if 'CUDA' in line]
+    assert cuda == ['warning: --gpu 0: CUDA is not available, running on the CPU']
     assert 'device cpu' in (tmp_path / 'run' / 'log.txt').read_text()
 
 

@@ -12,7 +12,7 @@ must match the checkpoint's value of every other flag (`run_keys`).
 import argparse
 import math
 import os
-import warnings
+import sys
 from pathlib import Path
 
 import torch
@@ -163,8 +163,8 @@ def select_device(gpu, local_rank=None):
             raise UsageError(f'--gpu {gpu}: under torchrun each process uses the GPU of its LOCAL_RANK; choose the '
                              f'GPUs with CUDA_VISIBLE_DEVICES, or pass --gpu -1 for the CPU')
         if gpu != '0' and local_rank == 0:
-            warnings.warn(f'--gpu {gpu} is replaced under torchrun: each process uses the GPU of its LOCAL_RANK '
-                          f'(process i: cuda:i); choose the GPUs with CUDA_VISIBLE_DEVICES', stacklevel=2)
+            print(f'warning: --gpu {gpu} is replaced under torchrun: each process uses the GPU of its LOCAL_RANK '
+                  f'(process i: cuda:i); choose the GPUs with CUDA_VISIBLE_DEVICES', file=sys.stderr)
         if not torch.cuda.is_available():
             return torch.device('cpu')
         if local_rank >= torch.cuda.device_count():
@@ -178,7 +178,7 @@ def select_device(gpu, local_rank=None):
     if not gpu.isdigit():
         raise UsageError(f'--gpu {gpu}: expected a CUDA index, -1 or cpu')
     if not torch.cuda.is_available():
-        warnings.warn(f'--gpu {gpu}: CUDA is not available, running on the CPU', stacklevel=2)
+        print(f'warning: --gpu {gpu}: CUDA is not available, running on the CPU', file=sys.stderr)
         return torch.device('cpu')
     if int(gpu) >= torch.cuda.device_count():
         raise UsageError(f'--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s) visible')
