@@ -301,7 +301,7 @@ def test_what_preprocess_la_refuses_is_one_line(tmp_path, case, flags, words):
     assert (case == 'old') == out.exists()
 
 
-# ----------------------------------------------------------------------------- test.py --input's scan checks
+# ----------------------------------------------------------------------------- segment.py's scan checks
 
 def test_scan_problem_refuses_a_tiny_scan_and_a_singular_header():
     recipe = make_recipe('ct', True, (1.0, 1.0, 1.0), 1, [], 'nonzero', 'xyz', 0, (16, 16, 16), (0, 1), '')

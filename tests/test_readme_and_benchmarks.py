@@ -20,7 +20,9 @@ import os
 
 import pytest
 
+import segment
 import train
+from utils.cli import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 # test.py shares its name with Python's own `test` package: load it from its path.
@@ -79,7 +81,7 @@ def check_command(command, monkeypatch):
     """Parse one README command with every argument it names, without running it; raise BadCommand if it
     does not parse.
 
-    train.py and test.py go through their own parse_args (flags, presets and their checks). A `python -m X`
+    train.py, test.py and segment.py go through their own parse_args (flags, presets and their checks). A `python -m X`
     module runs X.main(argv) with argparse's parse_args replaced by one that parses for real and then raises
     Parsed, so a misspelt flag, a missing required one or a bad value ends in argparse's SystemExit instead.
     Every parser runs with allow_abbrev off: a README command spells each flag in full."""
@@ -115,7 +117,8 @@ def check_command(command, monkeypatch):
             monkeypatch.undo()
         raise BadCommand(f'{module}.main returned without parsing its arguments: {command}')
     script, argv = words[1], [w for w in words[2:] if w != '...']
-    parse = {'train.py': train.parse_args, 'test.py': test_script.parse_args}.get(script)
+    parse = {'train.py': train.parse_args, 'test.py': test_script.parse_args,
+             'segment.py': segment.parse_args}.get(script)
     if parse is None:
         raise BadCommand(f'{script}: not a script this test knows how to parse: {command}')
 
@@ -127,6 +130,8 @@ def check_command(command, monkeypatch):
         parse(argv)
     except SystemExit as e:
         raise BadCommand(f'{command}: exit {e.code}') from None
+    except UsageError as e:
+        raise BadCommand(f'{command}: {e}') from None
     finally:
         monkeypatch.undo()
 
@@ -141,6 +146,9 @@ def test_every_readme_command_parses(command, monkeypatch):
 @pytest.mark.parametrize('command', [
     'python train.py --dataset synthetic --gpu -1 --iteratons 400',
     'python test.py --dataset synthetic --gpu -1 --strid_xy 16',
+    'python test.py --checkpoint final.pth --input scan.nii.gz',  # new scans are segment.py's
+    'python segment.py --checkpoint final.pth --input scan.nii.gz --seires 1.2',
+    'python segment.py --checkpoint final.pth',  # --input is required
     'python -m benchmarks.speed --la_root data/LA --repeatz 2',
     'python -m dataloaders.check --root_path data/LA --stat',  # argparse alone would take it for --stats
     'python -m utils.plot',  # its run folder is a required argument
@@ -162,6 +170,19 @@ def test_readme_flag_table_names_every_train_py_flag():
     flags = {o for a in train.build_parser()._actions for o in a.option_strings if o.startswith('--')} - {'--help'}
     assert not flags - in_table, f'train.py flags missing from the README table: {sorted(flags - in_table)}'
     assert not in_table - flags, f'README table names flags train.py does not have: {sorted(in_table - flags)}'
+
+
+def test_readme_evaluation_names_only_flags_that_test_py_and_segment_py_have():
+    """Every flag the Evaluation section quotes is one of test.py's; every one of "Segment a new scan", one of
+    segment.py's."""
+    readme = (REPO / 'README.md').read_text()
+    evaluation = readme[readme.index('\n## Evaluation'):readme.index('\n### Segment a new scan')]
+    segmenting = readme[readme.index('\n### Segment a new scan'):readme.index('\n## Pictures and TensorBoard')]
+    for text, script, name in ((evaluation, test_script, 'test.py'), (segmenting, segment, 'segment.py')):
+        quoted = {flag for code in re.findall(r'`([^`]*)`', text) for flag in re.findall(r'--[a-z_][a-z0-9_]*', code)}
+        flags = {o for a in script.build_parser()._actions for o in a.option_strings}
+        assert len(quoted) > 8  # the section does quote its flags
+        assert not quoted - flags, f'README quotes flags {name} does not have: {sorted(quoted - flags)}'
 
 
 NUMBER = re.compile(r'(?<![\w.\-])[-+]?\d+(?:\.\d+)?')

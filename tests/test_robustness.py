@@ -491,7 +491,7 @@ def test_no_unsafe_deserialisation_or_eval():
 def test_folders_import_neither_each_other_nor_a_script():
     """networks/, losses/, dataloaders/ are copied into forks one by one: none imports another of them, utils/ or a
     script; utils/ imports no script (train, test, benchmarks)."""
-    scripts = {'train', 'test', 'benchmarks', 'tests'}
+    scripts = {'train', 'test', 'segment', 'benchmarks', 'tests'}
     allowed = {'networks': set(), 'losses': set(), 'dataloaders': set(),
                'utils': {'networks', 'losses', 'dataloaders'}}
     problems = []
@@ -508,3 +508,9 @@ def test_folders_import_neither_each_other_nor_a_script():
                 problems += [f'{path.relative_to(REPO)}:{node.lineno} imports {n}' for n in names
                              if n.split('.')[0] in forbidden]
     assert not problems, problems
+    for script in ('train', 'test', 'segment'):  # and no script imports another
+        tree = ast.parse((REPO / f'{script}.py').read_text())
+        imported = {n.split('.')[0] for node in ast.walk(tree) for n in
+                    ([node.module] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])}
+        assert not imported & ({'train', 'test', 'segment'} - {script}), (script, imported)

@@ -1,8 +1,8 @@
 """From a new scan to a label map on that scan: the import recipe (dataset.json) travels from the importer
-through train.py's checkpoint to test.py --input, which applies it and undoes its geometry.
+through train.py's checkpoint to segment.py, which applies it and undoes its geometry.
 
 Everything is made in the test: an anisotropic CT set (0.8 x 0.8 x 2.5 mm, labels 0 and 3) is imported,
-a tiny network trains on it, and test.py segments the ORIGINAL files.
+a tiny network trains on it, and segment.py segments the ORIGINAL files.
 """
 import json
 
@@ -18,7 +18,7 @@ from dataloaders.check import check_folder
 from dataloaders.volumes import (RECIPE_FILE, class_values, make_recipe, read_recipe, read_scan, recipe_problems,
                                  to_network_grid, to_scan_grid, to_stored)
 from make_volumes import write_ct_series, write_nifti, write_nrrd
-from test_test_script import cli
+from test_test_script import cli, segment_cli
 
 SPACING = (0.8, 0.8, 2.5)
 SHAPE = (48, 48, 12)
@@ -89,7 +89,7 @@ def test_the_recipe_goes_from_the_data_folder_into_the_run(imported, trained):
 
 def test_raw_scans_get_label_maps_on_their_own_grid_as_good_as_on_the_imported_cases(imported, trained, tmp_path,
                                                                                       capsys):
-    """The acceptance: test.py --input on the original files writes maps with the originals' shape, affine and
+    """The acceptance: segment.py on the original files writes maps with the originals' shape, affine and
     label values, whose Dice against the original labels is within 2 points of test.py's on the imported cases."""
     require_extra('matplotlib')  # --save_png
     test_ids = (imported / 'data' / 'test.list').read_text().split()
@@ -101,7 +101,7 @@ def test_raw_scans_get_label_maps_on_their_own_grid_as_good_as_on_the_imported_c
     assert cli(flags + ['--dataset', 'h5', '--root_path', str(imported / 'data'), '--out_dir',
                         str(tmp_path / 'eval')]) == 0
     imported_dice = json.loads((tmp_path / 'eval' / 'test_summary.json').read_text())['metrics']['dice']['mean']
-    assert cli(flags + ['--input', str(scans), '--out_dir', str(tmp_path / 'out'), '--save_png']) == 0
+    assert segment_cli(flags + ['--input', str(scans), '--out_dir', str(tmp_path / 'out'), '--save_png']) == 0
     capsys.readouterr()
     scores = []
     for case_id in test_ids:
@@ -129,9 +129,9 @@ def test_the_same_scan_as_dicom_series_nrrd_and_nifti_gets_the_same_map(imported
     write_ct_series(tmp_path / 'series' / 'ct_0' / 'scout', np.zeros((8, 8, 3), np.int16), series_uid='1.2.826.0.1.2')
     maps = {}
     for kind, scan in scans.items():
-        assert cli(['--checkpoint', str(trained), '--gpu', '-1', '--no_progress', '--input', str(scan),
-                    '--out_dir', str(tmp_path / f'out_{kind}')]
-                   + (['--series', '1.2.826.0.1.1'] if kind == 'series' else [])) == 0
+        assert segment_cli(['--checkpoint', str(trained), '--gpu', '-1', '--no_progress', '--input', str(scan),
+                            '--out_dir', str(tmp_path / f'out_{kind}')]
+                           + (['--series', '1.2.826.0.1.1'] if kind == 'series' else [])) == 0
         maps[kind] = read_scan(tmp_path / f'out_{kind}' / 'predictions_input' / 'ct_0_pred.nii.gz')
     for kind in ('series', 'nrrd'):
         np.testing.assert_array_equal(maps[kind][0], maps['nifti'][0])
@@ -263,8 +263,8 @@ def test_what_cannot_be_segmented_is_one_line_and_writes_nothing(trained, tmp_pa
         write_nifti(scan, image, spacing=SPACING)
     out = tmp_path / 'out'
     series = ['--series', '7.7'] if case in ('unknown --series', '--series on a file') else []
-    assert cli(['--checkpoint', str(checkpoint), '--gpu', '-1', '--no_progress', '--input', str(scan),
-                '--out_dir', str(out)] + series) == 1
+    assert segment_cli(['--checkpoint', str(checkpoint), '--gpu', '-1', '--no_progress', '--input', str(scan),
+                        '--out_dir', str(out)] + series) == 1
     err = one_line_error(capsys)
     for word in words:
         assert word in err, err

@@ -1,5 +1,5 @@
-"""test.py end to end: train a tiny pair with train.py on phantoms, evaluate it, segment new volumes, evaluate
-published-format state dicts, and report every error in one line naming the file or flag."""
+"""test.py and segment.py end to end: train a tiny pair with train.py on phantoms, evaluate it, segment new
+volumes, evaluate published-format state dicts, and report every error in one line naming the file or flag."""
 import csv
 import importlib.util
 import json
@@ -18,6 +18,7 @@ from dataloaders import normalize_intensity
 from dataloaders.datasets import LA_SUBDIR
 from dataloaders.synthetic import make_synthetic_dataset
 from dataloaders.volumes import read_scan
+import segment
 from networks import ResNet34VNet, VNet
 from utils.checkpoint import CheckpointError
 from utils.cli import run_cli
@@ -41,16 +42,21 @@ def load_script():
 SCRIPT = load_script()
 
 
-def cli(argv):
+def cli(argv, main=SCRIPT.main):
     """test.py as a shell runs it, in this process: its exit status, with run_cli's error line on stderr."""
     try:
-        run_cli(SCRIPT.main, argv)
+        run_cli(main, argv)
     except SystemExit as e:
         if isinstance(e.code, str):  # what the interpreter would print before exiting with status 1
             print(e.code, file=sys.stderr)
             return 1
         return e.code
     return 0
+
+
+def segment_cli(argv):
+    """segment.py as a shell runs it, in this process."""
+    return cli(argv, segment.main)
 
 
 @pytest.fixture(scope='module')
@@ -271,6 +277,30 @@ def test_missing_checkpoint_names_the_run_folder(tmp_path, capsys):
         cli(flags + ['--debug'])
 
 
+def test_unset_flags_are_as_trained_and_a_contradicting_architecture_flag_is_ignored(trained_run, tmp_path,
+                                                                                     capsys):
+    """Nothing but --checkpoint: dataset, folder, pattern, patch, strides and normalisation are the run's. A given
+    --stride_xy wins; a given --n_filters or --method that the weights contradict is ignored with a note."""
+    final = trained_run / 'final.pth'
+    rc = cli(['--checkpoint', str(final), '--gpu', '-1', '--no_progress', '--out_dir', str(tmp_path),
+              '--stride_xy', '8', '--n_filters', '4', '--method', 'mt'])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert f'note: --n_filters 4 ignored: {final} was trained with n_filters 2' in err
+    assert f'note: --method mt ignored: {final} is a dual checkpoint' in err
+    settings = json.loads((tmp_path / 'test_summary.json').read_text())['settings']
+    assert (settings['dataset'], settings['pattern'], settings['normalize']) == ('h5', '{id}/mri_norm2.h5', 'zscore')
+    assert (settings['method'], settings['n_filters'], tuple(settings['patch_size'])) == ('dual', 2, PATCH)
+    assert (settings['stride_xy'], settings['stride_z']) == (8, STRIDE)
+
+
+def test_test_py_points_new_scans_to_segment_py(tmp_path, capsys):
+    assert cli(['--input', str(tmp_path / 'scan.nii.gz'), '--out_dir', str(tmp_path / 'out')]) == 1
+    assert capsys.readouterr().err == ('error: test.py evaluates a list; segment new scans with python segment.py '
+                                       '--checkpoint ... --input ...\n')
+    assert not (tmp_path / 'out').exists()
+
+
 def test_input_folder_writes_one_label_map_per_volume(trained_run, tmp_path, capsys):
     rng = np.random.default_rng(0)
     folder = tmp_path / 'scans'
@@ -282,8 +312,8 @@ def test_input_folder_writes_one_label_map_per_volume(trained_run, tmp_path, cap
     np.save(folder / 'b.npy', volumes['b'])
     (folder / 'notes.txt').write_text('not a volume')
     out = tmp_path / 'out'
-    rc = cli(['--dataset', 'h5', '--checkpoint', str(trained_run / 'final.pth'), '--input', str(folder),
-                     '--out_dir', str(out), '--gpu', '-1', '--no_progress', '--nets', 'b'])
+    rc = segment_cli(['--checkpoint', str(trained_run / 'final.pth'), '--input', str(folder), '--out_dir', str(out),
+                      '--gpu', '-1', '--no_progress', '--nets', 'b'])
     assert rc == 0, capsys.readouterr().err
     written = out / 'predictions_input'
     assert sorted(p.name for p in written.iterdir()) == ['a_pred.h5', 'b_pred.npy']
@@ -315,7 +345,7 @@ def test_nifti_input_and_predictions_when_nibabel_is_installed(phantoms, tmp_pat
     affine = np.diag([0.625, 0.625, 1.25, 1.0])
     (tmp_path / 'scans').mkdir()
     nib.save(nib.Nifti1Image(image, affine), str(tmp_path / 'scans' / 'scan.nii.gz'))
-    assert cli(flags + ['--input', str(tmp_path / 'scans')]) == 0
+    assert segment_cli(flags + ['--input', str(tmp_path / 'scans')]) == 0
     out, out_affine = read_scan(tmp_path / 'out' / 'predictions_input' / 'scan_pred.nii.gz')
     np.testing.assert_array_equal(out_affine, affine)
     want, _ = test_single_case([vnet], image, STRIDE, STRIDE, PATCH, 2)
@@ -349,7 +379,7 @@ def test_save_png_writes_one_picture_per_case_also_for_an_empty_prediction(phant
 
     (tmp_path / 'scans').mkdir()
     np.save(tmp_path / 'scans' / 'scan.npy', read_case(phantoms, TEST_IDS[0])[0])
-    assert cli(flags + ['--input', str(tmp_path / 'scans')]) == 0
+    assert segment_cli(flags + ['--input', str(tmp_path / 'scans')]) == 0
     assert [p.name for p in (out / 'pictures_input').iterdir()] == ['scan.png']
 
 

@@ -1,4 +1,4 @@
-"""utils.volume_io: what test.py's --input reads and what --input / --save_pred write; every unusable file
+"""utils.volume_io: what segment.py's --input reads and what segment.py / test.py --save_pred write; every unusable file
 is a UsageError whose one line names it."""
 import h5py
 import numpy as np

@@ -1,4 +1,4 @@
-"""Everything train.py and test.py agree on: dataset presets, shared flags, run folder, device, networks;
+"""Everything train.py, test.py and segment.py agree on: dataset presets, shared flags, run folder, device, networks;
 and train.py's checks of its settings.
 
 Flags that a dataset preset may set default to None on the command line; `resolve`
@@ -98,8 +98,8 @@ def run_keys(parser):
 def resolve(args, folder_required=True):
     """Fill preset-dependent flags in place and return the args as a plain dict.
 
-    folder_required=False leaves root_path None where neither flag nor preset names a folder (test.py
-    segmenting --input volumes needs none)."""
+    folder_required=False leaves root_path None where neither flag nor preset names a folder (segment.py
+    needs none)."""
     preset = PRESETS[args.dataset]
     for key, value in {**DEFAULTS, **preset}.items():
         if getattr(args, key, None) is None:

@@ -1,0 +1,153 @@
+"""Segment new scans with a trained pair: a label map per volume, no metrics (docs/data.md, "A new scan").
+
+    python segment.py --checkpoint RUN/final.pth --input scan.nii.gz       # through the data's import recipe
+    python segment.py --checkpoint RUN/final.pth --input scans/ --save_png
+    python segment.py --labelnum 8 --input volumes/                        # the run folder of train.py
+    python segment.py --vnet_ckpt vnet.pth --input volumes/                # a state dict of the published code
+
+Writes <out_dir>/predictions_input/<name>_pred.* (and, with --save_png, pictures_input/<name>.png), once every
+volume is segmented; out_dir defaults to the run folder. The architecture and the intensity normalisation
+come from the checkpoint, and so does the import recipe of the data it was trained on (dataset.json): a
+NIfTI, NRRD or DICOM scan goes through it, and its map has the scan's own grid, affine and label values.
+"""
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dataloaders import normalize_intensity
+from dataloaders.pictures import optional_import
+from dataloaders.volumes import StagingDir, scan_problem, to_network_grid, to_scan_grid, to_stored
+from utils.cli import OneLineParser, UsageError, run_cli
+from utils.inference import keep_largest_components, test_single_case
+from utils.trained import PictureWriter, add_trained_args, load_networks, parse_spacing, prepare_device, \
+    read_flags, window_settings
+from utils.volume_io import (UniqueNames, input_files, is_scan, label_dtype, label_map_suffix, nibabel_or_none,
+                             read_scan_input, read_volume, spacing_affine, volume_suffix, write_label_map)
+
+
+def build_parser():
+    p = OneLineParser(description=__doc__.split('\n')[0])
+    add_trained_args(p)
+    g = p.add_argument_group('scans')
+    g.add_argument('--input', required=True,
+                   help='a volume or a folder of volumes (.h5 with "image", .npy, .nii/.nii.gz; with the '
+                        "checkpoint's import recipe also .nrrd and a DICOM series folder). A scan goes through "
+                        "the recipe: its map, <name>_pred.nii.gz, has the scan's shape, affine and label values")
+    g.add_argument('--series', default=None, metavar='UID',
+                   help='--input is a DICOM folder holding several CT series: read the one with this '
+                        'SeriesInstanceUID')
+    g.add_argument('--spacing', type=parse_spacing, default=None,
+                   help='x,y,z mm per voxel of .h5 and .npy volumes: the affine of their NIfTI maps, the pictures')
+    g.add_argument('--lcc', action='store_true', help='keep the largest connected component of each class')
+    g = p.add_argument_group('output')
+    g.add_argument('--out_dir', default=None, help='default: the run folder (the checkpoint\'s folder)')
+    g.add_argument('--save_png', action='store_true',
+                   help='one PNG per volume in pictures_input/: three slices through the prediction\'s centre, '
+                        'the prediction outlined (needs matplotlib)')
+    fmt = g.add_mutually_exclusive_group()
+    fmt.add_argument('--nifti', action='store_true',
+                     help='maps of .h5 and .npy volumes as .nii.gz (needs nibabel; default: the volume\'s format)')
+    fmt.add_argument('--h5', action='store_true', help='maps of .h5 and .npy volumes as .h5')
+    g.add_argument('--no_progress', action='store_true', help='no progress bar')
+    return p
+
+
+def parse_args(argv=None):
+    """The flags as a dict; None where a setting is to come from the checkpoint."""
+    return read_flags(build_parser(), argv)
+
+
+def check_inputs(sources, recipe, checkpoint, nib, series=None):
+    """Refuse, before any work, an --input volume that cannot be segmented with this checkpoint."""
+    if series is not None and not any(path.is_dir() for path in sources):
+        raise UsageError(f'--series {series}: --input {sources[0]} is no DICOM series folder')
+    for path in sources:
+        if recipe is None and (path.is_dir() or volume_suffix(path) == '.nrrd'):
+            raise UsageError(f'--input {path}: NRRD and DICOM scans are read through the import recipe (dataset.json) '
+                             f'of the data a checkpoint was trained on, and {checkpoint} holds none')
+    if recipe is not None and nib is None and any(is_scan(p) for p in sources):
+        raise UsageError(f'--input {sources[0]}: the label map of a scan is written as NIfTI, which needs nibabel: '
+                         'pip install nibabel')
+
+
+def segment_scan(path, recipe, segment, normalize, lcc, series=None):
+    """(label map as the scan stores it, the scan, its affine, its voxel size) of a scan through the import
+    recipe: onto the network's grid, the sliding window segment(image) -> (label, scores), and back.
+    normalize: the checkpoint's --normalize, applied after the recipe as training applied it to the cases."""
+    image, affine, spacing = read_scan_input(path, series)
+    problem = scan_problem(image, recipe, affine)
+    if problem is not None:
+        raise UsageError(f'--input {path}: {problem}')
+    network_image, grid = to_network_grid(image, affine, recipe, name=str(path))
+    _, score = segment(normalize_intensity(network_image, normalize))
+    classes = to_scan_grid(score, grid, recipe)
+    if lcc:
+        classes = keep_largest_components(classes, recipe['num_classes'])
+    return to_stored(classes, grid, recipe), image, affine, spacing
+
+
+def segment_volume(path, cfg, segment):
+    """(label map, image) of a volume segmented as stored (.h5 or .npy: a case already imported; any volume
+    of a checkpoint without a recipe), normalised as the networks were trained."""
+    image, affine = read_volume(path)
+    mean, std = float(image.mean()), float(image.std())
+    image = normalize_intensity(image, cfg['normalize'])
+    if cfg['normalize'] == 'none' and (abs(mean) > 1.0 or not 0.2 < std < 5.0):
+        tqdm.write(f'note: {path.name}: mean {mean:.3g}, std {std:.3g}, but the networks were trained on '
+                   f'z-scored volumes; pass --normalize zscore if it is not normalised', file=sys.stderr)
+    pred, _ = segment(image)
+    if cfg['lcc']:
+        pred = keep_largest_components(pred, cfg['num_classes'])
+    return pred.astype(label_dtype(cfg['num_classes'])), image, affine
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    nib = nibabel_or_none()
+    if cfg['nifti'] and nib is None:
+        raise UsageError('--nifti needs nibabel, which is not installed: pip install nibabel')
+    if cfg['save_png']:
+        optional_import('matplotlib.figure', '--save_png', 'matplotlib')  # before any volume is segmented
+    device = prepare_device(cfg)
+    notes = []
+    nets, info = load_networks(cfg, device, notes)
+    window = window_settings(cfg, device)
+    for note in notes:
+        print(f'note: {note}', file=sys.stderr)
+    out_dir = Path(cfg['out_dir'] if cfg['out_dir'] is not None else info['run_dir'])
+
+    recipe = info['recipe']
+    sources = input_files(cfg['input'], series=recipe is not None)
+    check_inputs(sources, recipe, info['checkpoint'], nib, cfg['series'])
+    if recipe is not None and recipe['crop'] == 'label' and any(is_scan(p) for p in sources):
+        print('note: the import recipe crops around the ground-truth label, which a new scan lacks: the whole scan '
+              'is segmented', file=sys.stderr)
+
+    def segment(image):
+        return test_single_case(list(nets.values()), image, **window)
+    names = UniqueNames()
+    with StagingDir(out_dir) as stage:
+        folder = stage.path / 'predictions_input'
+        folder.mkdir()
+        pictures = PictureWriter(stage.path / 'pictures_input', cfg['spacing']) if cfg['save_png'] else None
+        for path in tqdm(sources, desc='segment', unit='volume', disable=cfg['no_progress']):
+            stem = path.name if path.is_dir() else path.name[:-len(volume_suffix(path))]
+            if recipe is not None and is_scan(path):
+                pred, image, affine, spacing = segment_scan(path, recipe, segment, cfg['normalize'], cfg['lcc'],
+                                                            cfg['series'])
+                kind = '.nii.gz'
+            else:
+                pred, image, affine = segment_volume(path, cfg, segment)
+                kind = label_map_suffix(volume_suffix(path), cfg['nifti'], cfg['h5'])
+                affine, spacing = (affine if affine is not None else spacing_affine(cfg['spacing'])), None
+            write_label_map(pred, folder / (names(stem + '_pred', kind) + kind), nib, affine, source=path)
+            if pictures is not None:
+                pictures(stem, pred, image, None, spacing=spacing)
+        stage.commit()
+    print(f'wrote {len(sources)} label map(s) to {out_dir / "predictions_input"}'
+          + (f', pictures to {out_dir / "pictures_input"}' if pictures else ''))
+
+
+if __name__ == '__main__':
+    run_cli(main)
