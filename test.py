@@ -377,7 +377,7 @@ def segment_scan(path, recipe, segment, normalize, lcc):
     recipe: onto the network's grid, the sliding window segment(image) -> (label, scores), and back.
     normalize: the checkpoint's --normalize, applied after the recipe as training applied it to the cases."""
     image, affine, spacing = read_scan_input(path)
-    problem = scan_problem(image, recipe)
+    problem = scan_problem(image, recipe, affine)
     if problem is not None:
         raise UsageError(f'--input {path}: {problem}')
     network_image, grid = to_network_grid(image, affine, recipe, name=str(path))

@@ -4,8 +4,12 @@
         --modality ct|mr [--spacing 1,1,1] [--crop nonzero|label|none] [--test_ids FILE | --test_fraction 0.2]
 
 Pairs imagesTr/X.nii.gz (or X_0000.nii.gz, nnU-Net's channel 0; or X.nrrd) with labelsTr/X.nii.gz, the
-Medical Segmentation Decathlon and nnU-Net layouts. First every pair is read and checked (shapes, spacings,
-label values, finite intensities), one line per problem; nothing is written unless all pass. Then each case:
+Medical Segmentation Decathlon and nnU-Net layouts. First every pair is read and checked, one line per
+problem (volumes/checks.py): the label lies on its image's grid (shape, spacing, origin, direction compared
+in world space; a label stored in another orientation is turned onto the image's), label values are
+non-negative integers (and among --label_values when given), voxels and header geometry are finite, every
+volume at --spacing has at least 4 voxels per axis and at most 2**28 in all. Nothing is written unless all
+pass, and an --out_dir holding files is refused without --overwrite, which replaces it whole. Then each case:
   reorient to (x, y, z) -> resample to --spacing (image linear or --order 3 cubic, label nearest; default:
   keep each case's spacing) -> crop (--crop) -> intensity (--modality ct: window [lo, hi] -> [0, 1];
   mr: z-score, --nonzero over non-zero voxels only) -> pad to --min_size (the training patch) ->
@@ -27,9 +31,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .datasets import DatasetError, check_case_id, read_list
-from .volumes import (AXES, ProblemList, StagingDir, VolumeError, apply_steps, class_values, crop_box, make_recipe,
-                      pad_to, pair_files, read_volume, resample_pair, write_case_h5, write_list, write_recipe)
-from .volumes.args import command_line, fail, numbers
+from .volumes import (AXES, MAX_VOXELS, ProblemList, ReplacingDir, VolumeError, align_label, apply_steps,
+                      check_out_dir, class_values, crop_box, finite_problem, label_value_problem, make_recipe,
+                      number_problems, pad_to, pair_files, read_scan, resample_pair, size_problem, write_case_h5,
+                      write_list, write_recipe)
+from .volumes.args import command_line, fail, numbers, value_list
+from .volumes.orient import to_xyz
 
 PROG = 'import_volumes'
 MAX_CLASSES = 255  # labels are stored as uint8
@@ -42,33 +49,41 @@ def _shape(shape):
     return 'x'.join(str(n) for n in shape)
 
 
-def check_pair(image_path, label_path, modality, crop):
-    """(problems: one line each naming the file, label values of the case: sorted floats)."""
+def read_pair(image_path, label_path):
+    """(image, label, both (X,Y,Z), spacing in mm) of a case: the label put on its image's voxel grid
+    (checks.align_label: same box in world space, any orientation), then both axes in x, y, z order."""
+    image, image_affine = read_scan(image_path)
+    label, label_affine = read_scan(label_path)
+    label = align_label(label, label_affine, image.shape, image_affine, label_path, image_path)
+    directions = image_affine[:3, :3].T
+    image, spacing = to_xyz(image, directions)
+    return image, to_xyz(label, directions)[0], spacing
+
+
+def check_pair(image_path, label_path, modality, crop, target=None, expected=None):
+    """(problems: one line each naming the file, label values of the case: sorted floats).
+    target: the --spacing the case will be resampled to; expected: --label_values."""
     try:
-        image, image_mm = read_volume(image_path)
-        label, label_mm = read_volume(label_path)
+        image, label, spacing = read_pair(image_path, label_path)
     except VolumeError as err:
         return [str(err)], []
     problems = []
-    if image.shape != label.shape:
-        problems.append(f'{label_path}: shape {_shape(label.shape)} but its image {image_path} is '
-                        f'{_shape(image.shape)}')
-    if not np.allclose(image_mm, label_mm, rtol=1e-3, atol=1e-4):
-        problems.append(f'{label_path}: spacing {_shape(f"{s:g}" for s in label_mm)} mm but its image {image_path} '
-                        f'has {_shape(f"{s:g}" for s in image_mm)} mm')
     values = np.unique(label)
-    if values.dtype.kind == 'f' and not (np.isfinite(values).all() and (values == np.round(values)).all()):
-        example = values[~np.isfinite(values) | (values != np.round(values))][0]
-        problems.append(f'{label_path}: label values are not all integers (e.g. {example:g})')
+    value_problem = label_value_problem(values, label_path, expected)
+    if value_problem:
+        problems.append(value_problem)
     elif crop == 'label' and len(values) < 2:
         problems.append(f'{label_path}: label holds only the value {values[0]:g}: nothing to crop around '
                         '(--crop label)')
-    bad = int(np.size(image) - np.isfinite(image).sum()) if image.dtype.kind == 'f' else 0
-    if bad:
-        problems.append(f'{image_path}: {bad} voxels are NaN or infinite')
+    size = size_problem(image.shape, image_path, spacing, target)
+    if size:
+        problems.append(size)
+    finite = finite_problem(image, image_path)
+    if finite:
+        problems.append(finite)
     elif modality == 'mr' and image.min() == image.max():
         problems.append(f'{image_path}: image is constant ({float(image.min()):g}), cannot z-score it')
-    return problems, [float(v) for v in values]
+    return problems, [] if value_problem else [float(v) for v in values]
 
 
 def label_classes(values):
@@ -112,6 +127,9 @@ def import_case(image, label, spacing, recipe, name='image'):
     resample, map the label values to their classes, crop, intensity, pad."""
     image, label, _ = resample_pair(image, label, spacing, recipe['spacing'], recipe['order'])
     label = np.searchsorted(class_values(recipe), label).astype(np.uint8)
+    if recipe['crop'] == 'label' and not label.any():
+        raise VolumeError(f'{name}: no labelled voxel is left after resampling to --spacing '
+                          f'{",".join(f"{t:g}" for t in recipe["spacing"])}: nothing to crop around (--crop label)')
     box = crop_box(image, label, recipe['crop'], AXES[recipe['crop_axes']], recipe['margin'], recipe['min_size'])
     if box is not None:
         image, label = image[box], label[box]
@@ -120,13 +138,16 @@ def import_case(image, label, spacing, recipe, name='image'):
 
 
 def import_volumes(images, labels, out_dir, modality, target=None, crop='nonzero', test_ids=None,
-                   test_fraction=0.2, seed=0, warn=print, progress=True, **case_options):
+                   test_fraction=0.2, seed=0, warn=print, progress=True, overwrite=False, label_values=None,
+                   **case_options):
     """Check every pair, then write OUT/<id>.h5, train.list, test.list and dataset.json (module docstring).
 
     case_options go to volumes_recipe (order, crop_axes, margin, min_size, window, nonzero, command).
-    Returns (train ids, test ids, number of classes). Raises ProblemList (a VolumeError) whose .lines
-    name every problem; nothing is written then.
+    overwrite: replace an out_dir that holds files (else refused); label_values: the values every label may
+    hold (--label_values). Returns (train ids, test ids, number of classes). Raises ProblemList (a
+    VolumeError) whose .lines name every problem; nothing is written then.
     """
+    check_out_dir(out_dir, overwrite)
     pairs, problems = pair_files(images, labels)
     for case_id in pairs:
         try:
@@ -136,9 +157,11 @@ def import_volumes(images, labels, out_dir, modality, target=None, crop='nonzero
     values = []
     for case_id, (image_path, label_path) in tqdm(pairs.items(), desc=f'{PROG}: check', unit='case',
                                                   disable=not progress):
-        case_problems, case_values = check_pair(image_path, label_path, modality, crop)
+        case_problems, case_values = check_pair(image_path, label_path, modality, crop, target, label_values)
         problems += case_problems
         values += case_values
+    if label_values is not None and values:  # the stated values are the classes, present in the cases or not
+        values = list(label_values)
     classes, mapping = label_classes(values) if values else (np.zeros(0), '')
     if not problems and len(classes) < 2:
         problems.append(f'{labels}: every label holds only the value {classes[0]:g}: nothing to segment')
@@ -153,10 +176,9 @@ def import_volumes(images, labels, out_dir, modality, target=None, crop='nonzero
     if crop == 'label':
         warn(LABEL_CROP_WARNING)
     recipe = volumes_recipe(modality, classes, target, crop=crop, **case_options)
-    with StagingDir(out_dir) as stage:
+    with ReplacingDir(out_dir) as stage:
         for case_id, (image_path, label_path) in tqdm(pairs.items(), desc=PROG, unit='case', disable=not progress):
-            image, spacing = read_volume(image_path)
-            label, _ = read_volume(label_path)
+            image, label, spacing = read_pair(image_path, label_path)
             image, label = import_case(image, label, spacing, recipe, name=str(image_path))
             write_case_h5(stage.path / f'{case_id}.h5', image, label)
         write_recipe(stage.path, recipe)
@@ -165,6 +187,30 @@ def import_volumes(images, labels, out_dir, modality, target=None, crop='nonzero
             write_list(stage.path / 'test.list', test)
         stage.commit()
     return train, test, len(classes)
+
+
+def flag_problems(args):
+    """One line per numeric flag out of its range, before any file is read."""
+    problems = []
+    if args.spacing is not None:
+        problems += number_problems('--spacing', args.spacing, low=0)
+    problems += number_problems('--window', args.window)
+    if not problems and not args.window[0] < args.window[1]:
+        problems.append(f'--window {args.window[0]:g},{args.window[1]:g}: LO must be below HI')
+    problems += number_problems('--margin', args.margin, low=0, low_open=False)
+    problems += number_problems('--min_size', args.min_size, low=1, low_open=False)
+    if np.prod(args.min_size, dtype=float) > MAX_VOXELS:
+        problems.append(f'--min_size {",".join(map(str, args.min_size))}: more than {MAX_VOXELS} voxels')
+    if not 0 <= args.test_fraction < 1:
+        problems.append(f'--test_fraction {args.test_fraction:g}: must be in [0, 1)')
+    problems += number_problems('--seed', args.seed, low=0, low_open=False)
+    if args.label_values is not None:
+        problems += [p.replace(': label value', ': value') for p in
+                     [label_value_problem(np.array(args.label_values), '--label_values')] if p]
+        if len(set(args.label_values)) < 2:
+            problems.append(f'--label_values {",".join(f"{v:g}" for v in args.label_values)}: name at least two '
+                            'values (the background and one class)')
+    return problems
 
 
 def main(argv=None):
@@ -190,20 +236,25 @@ def main(argv=None):
     split.add_argument('--test_ids', help='list file of the test cases\' ids')
     split.add_argument('--test_fraction', type=float, default=0.2, help='share of cases drawn for test.list (0.2)')
     parser.add_argument('--seed', type=int, default=0, help='seeds the --test_fraction draw')
+    parser.add_argument('--label_values', type=value_list, default=None, metavar='V,V,...',
+                        help='the values labels hold, e.g. 0,3: a label holding another value is refused')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace --out_dir whole when it holds files (an earlier import); without it, refused')
     args = parser.parse_args(argv)
-    if not 0 <= args.test_fraction < 1:
-        parser.error(f'--test_fraction must be in [0, 1), got {args.test_fraction}')
-    if args.margin < 0 or min(args.min_size) < 1:
-        parser.error('--margin must be >= 0 and --min_size positive')
+    problems = flag_problems(args)
+    if problems:
+        fail(PROG, problems)
     try:
         test_ids = read_list(args.test_ids) if args.test_ids else None
         train, test, classes = import_volumes(
             args.images, args.labels, args.out_dir, args.modality, args.spacing, args.crop, test_ids,
             args.test_fraction, args.seed, order=args.order, crop_axes=args.crop_axes, margin=args.margin,
-            min_size=args.min_size, window=args.window, nonzero=args.nonzero,
-            command=command_line(f'dataloaders.{PROG}', argv))
+            min_size=args.min_size, window=args.window, nonzero=args.nonzero, overwrite=args.overwrite,
+            label_values=args.label_values, command=command_line(f'dataloaders.{PROG}', argv))
     except (ValueError, OSError) as err:
         fail(PROG, getattr(err, 'lines', [err]))
+    except MemoryError:
+        fail(PROG, [f'out of memory importing into {args.out_dir}: try a coarser --spacing or fewer cases'])
     print(f'{PROG}: wrote {len(train) + len(test)} cases to {args.out_dir} ({len(train)} in train.list, '
           f'{len(test)} in test.list), {classes} classes')
     print(f"{PROG}: next: python -m dataloaders.check --root_path {args.out_dir} --pattern '{{id}}.h5' "

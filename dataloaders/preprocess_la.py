@@ -36,8 +36,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .datasets import LA_SUBDIR, DatasetError, read_list
-from .volumes import (StagingDir, VolumeError, apply_steps, label_box, make_recipe, read_volume, write_case_h5,
-                      write_list, write_recipe)
+from .volumes import (ReplacingDir, VolumeError, apply_steps, check_out_dir, finite_problem, label_box, make_recipe,
+                      number_problems, read_volume, size_problem, write_case_h5, write_list, write_recipe)
 from .volumes.args import command_line
 
 IMAGE_FILE, LABEL_FILE = 'lgemri.nrrd', 'laendo.nrrd'
@@ -73,6 +73,10 @@ def preprocess_case(image, laendo, rng, margin=(10, 20), min_extent=(112, 112), 
     if image.shape != laendo.shape:
         raise PreprocessError(f"{name}: {IMAGE_FILE} is {'x'.join(map(str, image.shape))} but "
                               f"{LABEL_FILE} is {'x'.join(map(str, laendo.shape))}")
+    for problem in (finite_problem(image, f"{name}: {IMAGE_FILE}"), finite_problem(laendo, f"{name}: {LABEL_FILE}"),
+                    size_problem(image.shape, f"{name}: {IMAGE_FILE}")):
+        if problem:
+            raise PreprocessError(problem)
     label = (laendo == 255).astype(np.uint8)
     if not label.any():
         raise PreprocessError(f"{name}: {LABEL_FILE} has no voxel equal to 255 (the atrium)")
@@ -123,17 +127,23 @@ def find_cases(raw_dir):
 
 
 def preprocess_la(raw_dir, out_dir, seed=1337, margin=(10, 20), min_extent=(112, 112),
-                  zscore='volume', train_ids=None, test_ids=None, progress=True, command=''):
+                  zscore='volume', train_ids=None, test_ids=None, progress=True, command='', overwrite=False):
     """Preprocess every case of raw_dir (or those of train_ids + test_ids) into out_dir.
 
     Writes out_dir/2018LA_Seg_Training Set/<id>/mri_norm2.h5, out_dir/train.list (train_ids,
     default all cases sorted) and, when test_ids is given, out_dir/test.list.
     Returns the ids processed, sorted. Raises PreprocessError (a ValueError) naming the
-    case or file at fault; nrrd read errors are ValueErrors naming the file.
+    case or file at fault; nrrd read errors are ValueErrors naming the file. An out_dir holding files is
+    refused unless overwrite, and then replaced whole.
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if not 0 <= margin[0] < margin[1]:
-        raise PreprocessError(f"margin must be LOW HIGH with 0 <= LOW < HIGH, got {tuple(margin)}")
+        raise PreprocessError(f"--margin must be LOW HIGH with 0 <= LOW < HIGH, got {tuple(margin)}")
+    problems = (number_problems('--seed', seed, low=0, low_open=False)
+                + number_problems('--min_extent', tuple(min_extent), low=0, low_open=False))
+    if problems:
+        raise PreprocessError(problems[0])
+    check_out_dir(out_dir, overwrite)
     available = find_cases(raw_dir)
     train_ids = list(available) if train_ids is None else list(train_ids)
     wanted = train_ids + list(test_ids or [])
@@ -143,7 +153,7 @@ def preprocess_la(raw_dir, out_dir, seed=1337, margin=(10, 20), min_extent=(112,
                               f"{IMAGE_FILE}/{LABEL_FILE} ({len(unknown)} such ids)")
     ids = sorted(set(wanted))
     # every case is written to a staging folder first: an error in the last case leaves out_dir as it was
-    with StagingDir(out_dir) as stage:
+    with ReplacingDir(out_dir) as stage:
         for index, case_id in enumerate(tqdm(ids, desc='preprocess_la', unit='case', disable=not progress)):
             # the lineage indexes the stored array as (x, y, z): no reorientation
             image, _ = read_volume(raw_dir / case_id / IMAGE_FILE, reorient=False)
@@ -177,15 +187,19 @@ def main(argv=None):
                         help="statistics of the whole volume (the lineage's files) or of the crop")
     parser.add_argument('--list', dest='list_file', help='ids for train.list (default: all cases)')
     parser.add_argument('--test_list', help='ids for test.list (processed too)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace --out_dir whole when it holds files (an earlier import); without it, refused')
     args = parser.parse_args(argv)
     try:
         train_ids = _read_ids(args.list_file) if args.list_file else None
         test_ids = _read_ids(args.test_list) if args.test_list else None
         ids = preprocess_la(args.raw_dir, args.out_dir, args.seed, tuple(args.margin),
                             tuple(args.min_extent), args.zscore, train_ids, test_ids,
-                            command=command_line('dataloaders.preprocess_la', argv))
+                            command=command_line('dataloaders.preprocess_la', argv), overwrite=args.overwrite)
     except (ValueError, OSError) as err:
-        sys.exit(f"preprocess_la: error: {err}")
+        sys.exit(f"preprocess_la: error: {' '.join(str(err).split())}")
+    except MemoryError:
+        sys.exit(f"preprocess_la: error: out of memory importing into {args.out_dir}")
     print(f"preprocess_la: wrote {len(ids)} cases to {Path(args.out_dir) / LA_SUBDIR}")
     print(f"preprocess_la: {CAVEAT}")
     return 0

@@ -34,8 +34,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .pancreas_lists import DUPLICATES, LIST_SETS
-from .volumes import (ProblemList, StagingDir, VolumeError, apply_steps, label_box, make_recipe, pad_to, read_ct_series,
-                      read_volume, resample_pair, write_case_h5, write_list, write_recipe)
+from .volumes import (ProblemList, ReplacingDir, VolumeError, apply_steps, check_out_dir, finite_problem, label_box,
+                      make_recipe, number_problems, pad_to, read_ct_series, read_volume, resample_pair, size_problem,
+                      write_case_h5, write_list, write_recipe)
 from .volumes.args import command_line, fail, numbers
 
 PROG = 'preprocess_pancreas'
@@ -88,6 +89,9 @@ def read_case(image_source, label_path, from_dicom):
     if hu.shape != label.shape:
         raise VolumeError(f'{image_source}: image is {"x".join(map(str, hu.shape))} voxels but its label '
                           f'{label_path} is {"x".join(map(str, label.shape))}')
+    for problem in (finite_problem(hu, image_source), finite_problem(label, label_path)):
+        if problem:
+            raise VolumeError(problem)
     values = np.unique(label)
     if not set(values.tolist()) <= {0, 1}:
         raise VolumeError(f'{label_path}: label values {values[:8].tolist()}, expected 0 and 1')
@@ -105,11 +109,18 @@ def pancreas_recipe(recipe='mcnet', target=(1.0, 1.0, 1.0), order=1, command='')
                        (PATCH,) * 3, (0, 1), command)
 
 
-def process_case(hu, label, spacing, recipe='mcnet', target=(1.0, 1.0, 1.0), order=1):
-    """One case through the recipe (module docstring) -> (image float32, label uint8), both (X,Y,Z)."""
+def process_case(hu, label, spacing, recipe='mcnet', target=(1.0, 1.0, 1.0), order=1, name='case'):
+    """One case through the recipe (module docstring) -> (image float32, label uint8), both (X,Y,Z).
+    name: the case in error messages (its label file)."""
     axes, _ = RECIPES[recipe]
     steps = pancreas_recipe(recipe, target, order)['intensity']
+    size = size_problem(hu.shape, name, spacing, target)
+    if size:
+        raise VolumeError(size)
     hu, label, _ = resample_pair(hu, label, spacing, target, order)
+    if not label.any():
+        raise VolumeError(f'{name}: no pancreas voxel is left after resampling to --spacing '
+                          f'{",".join(f"{t:g}" for t in target)}')
     image = apply_steps(hu, steps, 'volume')
     box = label_box(label, [(MARGIN, MARGIN)] * len(axes), [PATCH] * len(axes), axes)
     image, label = image[box], label[box]
@@ -142,14 +153,19 @@ def write_lists(folder, written, chosen, warn):
 
 
 def preprocess_pancreas(out_dir, label_dir, dicom_dir=None, nifti_dir=None, recipe='mcnet', lists=None,
-                        target=(1.0, 1.0, 1.0), order=1, progress=True, warn=print, command=''):
+                        target=(1.0, 1.0, 1.0), order=1, progress=True, warn=print, command='', overwrite=False):
     """Import every paired case into out_dir (module docstring); returns the NNNN ids written.
 
     Raises VolumeError naming the file at fault (the first case that fails), or ProblemList naming
-    every image without a label and label without an image. Nothing is written unless every case succeeds.
+    every image without a label and label without an image. Nothing is written unless every case succeeds;
+    an out_dir holding files is refused unless overwrite, and then replaced whole.
     """
     if (dicom_dir is None) == (nifti_dir is None):
         raise VolumeError('give one of --dicom_dir (TCIA DICOM series) and --nifti_dir (converted NIfTI)')
+    problems = number_problems('--spacing', target, low=0)
+    if problems:
+        raise ProblemList(problems)
+    check_out_dir(out_dir, overwrite)
     cases, problems = find_cases(label_dir, dicom_dir, nifti_dir)
     if problems:
         raise ProblemList(problems)
@@ -159,10 +175,10 @@ def preprocess_pancreas(out_dir, label_dir, dicom_dir=None, nifti_dir=None, reci
              f'{"are duplicate scans" if len(duplicates) > 1 else "is a duplicate scan"} of Pancreas-CT (0025 and '
              '0070 repeat other cases): MC-Net\'s lists keep them (0025 in test, 0070 in train), CoraNet\'s and BCP\'s '
              'drop them')
-    with StagingDir(out_dir) as stage:
+    with ReplacingDir(out_dir) as stage:
         for n, (image_source, label_path) in tqdm(cases.items(), desc=PROG, unit='case', disable=not progress):
             hu, label, spacing = read_case(image_source, label_path, from_dicom=dicom_dir is not None)
-            image, label = process_case(hu, label, spacing, recipe, target, order)
+            image, label = process_case(hu, label, spacing, recipe, target, order, name=str(label_path))
             write_case_h5(stage.path / f'image{n}_norm.h5', image, label)
         write_lists(stage.path, set(cases), lists or recipe, warn)
         write_recipe(stage.path, pancreas_recipe(recipe, target, order, command))
@@ -185,13 +201,17 @@ def main(argv=None):
     parser.add_argument('--spacing', type=numbers(3), default=(1.0, 1.0, 1.0),
                         help='target voxel size in mm, x,y,z (default 1,1,1)')
     parser.add_argument('--order', type=int, choices=(1, 3), default=1, help='image interpolation: 1 linear, 3 cubic')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace --out_dir whole when it holds files (an earlier import); without it, refused')
     args = parser.parse_args(argv)
     try:
         cases = preprocess_pancreas(args.out_dir, args.label_dir, args.dicom_dir, args.nifti_dir, args.recipe,
                                     args.lists, args.spacing, args.order,
-                                    command=command_line(f'dataloaders.{PROG}', argv))
+                                    command=command_line(f'dataloaders.{PROG}', argv), overwrite=args.overwrite)
     except (ValueError, OSError) as err:
         fail(PROG, getattr(err, 'lines', [err]))
+    except MemoryError:
+        fail(PROG, [f'out of memory importing into {args.out_dir}: try a coarser --spacing'])
     print(f'{PROG}: wrote {len(cases)} cases to {args.out_dir} (recipe {args.recipe}, lists '
           f'{args.lists or args.recipe} as train.list/test.list)')
     print(f'{PROG}: {CAVEAT}')

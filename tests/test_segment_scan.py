@@ -220,6 +220,8 @@ def one_line_error(capsys):
     ('mr scan', ['not a CT in Hounsfield units']),
     ('4-D', ['is 4-D with shape (48, 48, 12, 2)']),
     ('no CT series', ['no CT slice', 'Modality MR']),
+    ('tiny', ['scan.nii.gz: 3x3x6 voxels at the recipe\'s spacing 0.8,0.8,1.25', 'minimum of 4']),
+    ('nan', ['scan.nii.gz: holds NaN or infinite values']),
 ])
 def test_what_cannot_be_segmented_is_one_line_and_writes_nothing(trained, tmp_path, capsys, case, words):
     nrrd = require_extra('nrrd')
@@ -238,6 +240,10 @@ def test_what_cannot_be_segmented_is_one_line_and_writes_nothing(trained, tmp_pa
         image = (image + 1000) // 4  # an MR-like range: nothing near air's -1000
     elif case == '4-D':
         image = np.stack([image, image], axis=-1)
+    elif case == 'tiny':
+        image = image[:3, :3, :3]
+    elif case == 'nan':
+        image = np.where(image == image.max(), np.nan, image.astype(np.float32))
     elif case == 'no CT series':
         scan = write_ct_series(tmp_path / 'series', image[:4, :4, :2], modality='MR')
     if scan.name.endswith('.nii.gz'):

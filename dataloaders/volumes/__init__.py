@@ -1,5 +1,6 @@
 """The volume import pipeline: one small step per module, each a plain function on numpy arrays.
 
+    checks    checks.py           finite voxels, header geometry, label on its image, label values, flags, sizes
     read      read.py, dicom.py   a file or DICOM series -> (array indexed (x, y, z), spacing in mm)
     resample  resample.py         -> a target spacing (image linear or cubic, label nearest)
     intensity intensity.py        CT window -> [0, 1]; z-score (optionally over non-zero voxels)
@@ -14,6 +15,8 @@ pydicom are optional: each is imported by the one function that reads its format
 named in one line (VolumeError) with its pip line.
 """
 from .apply import scan_problem, to_network_grid, to_scan_grid, to_stored
+from .checks import (MAX_VOXELS, MIN_AXIS, affine_problem, align_label, check_affine, finite_problem,
+                     label_value_problem, number_problems, size_problem)
 from .crop import AXES, body_mask, bounding_box, crop_box, label_box, pad_to
 from .dicom import read_ct_scan, read_ct_series
 from .errors import ProblemList, VolumeError
@@ -23,4 +26,4 @@ from .read import read_scan, read_volume, volume_suffix
 from .recipe import (RECIPE_FILE, class_values, make_recipe, read_recipe, recipe_problems,
                      write_recipe)
 from .resample import resample, resample_pair
-from .write import StagingDir, write_case_h5, write_list
+from .write import ReplacingDir, StagingDir, check_out_dir, write_case_h5, write_list

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import affine_problem, size_problem
 from .crop import AXES, crop_box, pad_to, padding
 from .intensity import apply_steps
 from .orient import axis_spacing, xyz_order
@@ -35,10 +36,23 @@ class Grid:
     pads: tuple             # ((before, after), ...) added by pad_to
 
 
-def scan_problem(image, recipe):
-    """One line when a scan's values are not finite or do not fit the recipe's modality, else None."""
+def scan_problem(image, recipe, affine=None):
+    """One line when a scan's values are not finite, its header geometry (affine) is NaN or singular, its
+    grid at the recipe's spacing is too small or too large (checks.size_problem), or its values do not fit
+    the recipe's modality; else None."""
     if not np.isfinite(image).all():
         return 'holds NaN or infinite values'
+    if affine is not None:
+        problem = affine_problem(affine, '')
+        if problem:
+            return problem
+        directions = np.asarray(affine, dtype=float)[:3, :3].T
+        order = xyz_order(directions) if recipe['reorient'] else (0, 1, 2)
+        spacing = tuple(axis_spacing(directions)[a] for a in order)
+        shape = tuple(np.shape(image)[a] for a in order)
+        problem = size_problem(shape, '', spacing, recipe['spacing'], "the recipe's spacing")
+        if problem:
+            return problem
     low, high = float(np.min(image)), float(np.max(image))
     if recipe['modality'] == 'ct' and low > CT_BELOW:
         return (f'values {low:g} .. {high:g} hold nothing below {CT_BELOW:g}: not a CT in Hounsfield units '

@@ -17,6 +17,14 @@ def numbers(count, kind=float):
     return parse
 
 
+def value_list(text):
+    """argparse type: 'a,b,...' -> a tuple of floats, any count (a one-line error otherwise)."""
+    try:
+        return tuple(float(v) for v in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r}: expected comma-separated numbers') from None
+
+
 def fail(prog, lines):
     """Print every line but the last as '<prog>: error: <line>' on stderr, exit 1 with the last."""
     lines = [' '.join(str(line).split()) for line in lines]

@@ -6,6 +6,7 @@ only when a file of their format is read. This is the project's one reader of th
 """
 import numpy as np
 
+from .checks import check_affine
 from .errors import VolumeError, require
 from .orient import axis_spacing, to_xyz
 
@@ -85,11 +86,13 @@ def read_nrrd(path):
 
 def read_scan(path):
     """(array as stored, 4x4 affine in RAS mm) of a NIfTI or NRRD file: what a label map written over the
-    scan must keep. Row a of affine[:3, :3].T is the world vector of array axis a."""
+    scan must keep. Row a of affine[:3, :3].T is the world vector of array axis a. A header whose affine
+    is not finite or is singular is refused (checks.affine_problem): its spacing would be 0 or NaN."""
     suffix = volume_suffix(path)
     if suffix is None:
         raise VolumeError(f'{path}: not a volume file ({", ".join(SUFFIXES)})')
-    return (read_nrrd if suffix == '.nrrd' else read_nifti)(path)
+    array, affine = (read_nrrd if suffix == '.nrrd' else read_nifti)(path)
+    return array, check_affine(affine, path)
 
 
 def read_volume(path, reorient=True):
