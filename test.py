@@ -31,9 +31,11 @@ from dataloaders.pictures import optional_import, save_case_png
 from dataloaders.volumes import StagingDir, recipe_problems, scan_problem, to_network_grid, to_scan_grid, to_stored
 from utils.checkpoint import CheckpointError, load_checkpoint, load_weights
 from utils.cli import OneLineParser, UsageError, run_cli
-from utils.config import PRESETS, add_common_args, build_net, resolve, select_device, use_channels_last
+from utils.config import (PRESETS, add_common_args, amp_dtype, build_net, resolve, select_device,
+                          use_channels_last)
 from utils.inference import gaussian_weight, keep_largest_components, overlap_strides, test_all_case, test_single_case
 from utils.metrics import METRICS, calculate_metric_percase, summarize
+from utils.seeding import set_cudnn, set_tf32
 from utils.volume_io import (PredictionWriter, UniqueNames, input_files, is_scan, label_dtype, label_map_suffix,
                              nibabel_or_none, read_scan_input, read_volume, spacing_affine, volume_suffix,
                              write_label_map)
@@ -83,6 +85,9 @@ def build_parser():
                         "checkpoint's import recipe also .nrrd and a DICOM series folder) and write label maps; "
                         'no metrics. A scan goes through the recipe: its map, <name>_pred.nii.gz, has the '
                         "scan's shape, affine and label values")
+    g.add_argument('--series', default=None, metavar='UID',
+                   help='--input is a DICOM folder holding several CT series: read the one with this '
+                        'SeriesInstanceUID')
     g.add_argument('--normalize', choices=NORMALIZE_MODES, default=None,
                    help="intensity normalisation of every volume read (default: the checkpoint's; published "
                         "state dicts: none)")
@@ -95,6 +100,11 @@ def build_parser():
     g.add_argument('--batch_windows', type=positive_int, default=1,
                    help='windows per forward pass (default 1; measure others with benchmarks/inference_speed.py)')
     g.add_argument('--amp', action='store_true', help='autocast forward passes: float16 on CUDA, bfloat16 on the CPU')
+    g.add_argument('--deterministic', type=int, choices=[0, 1], default=0,
+                   help="0: cuDNN's benchmark mode times its convolution algorithms once for the window size, "
+                        'which every forward pass shares; 1: its deterministic algorithms, untimed, for label maps '
+                        'equal to the bit from one process to the next (benchmark mode may pick another algorithm '
+                        'and move a voxel at a tie)')
     g = p.add_argument_group('metrics')
     g.add_argument('--lcc', action='store_true', help='keep the largest connected component of each class')
     g.add_argument('--spacing', type=parse_spacing, default=None, help='x,y,z mm per voxel: distances in mm')
@@ -361,8 +371,10 @@ def window_settings(cfg, explicit):
     return stride_xy, stride_z, weight
 
 
-def check_inputs(sources, recipe, checkpoint, nib):
+def check_inputs(sources, recipe, checkpoint, nib, series=None):
     """Refuse, before any work, an --input volume that cannot be segmented with this checkpoint."""
+    if series is not None and not any(path.is_dir() for path in sources):
+        raise UsageError(f'--series {series}: --input {sources[0]} is no DICOM series folder')
     for path in sources:
         if recipe is None and (path.is_dir() or volume_suffix(path) == '.nrrd'):
             raise UsageError(f'--input {path}: NRRD and DICOM scans are read through the import recipe (dataset.json) '
@@ -372,11 +384,11 @@ def check_inputs(sources, recipe, checkpoint, nib):
                          'pip install nibabel')
 
 
-def segment_scan(path, recipe, segment, normalize, lcc):
+def segment_scan(path, recipe, segment, normalize, lcc, series=None):
     """(label map as the scan stores it, the scan, its affine, its voxel size) of a scan through the import
     recipe: onto the network's grid, the sliding window segment(image) -> (label, scores), and back.
     normalize: the checkpoint's --normalize, applied after the recipe as training applied it to the cases."""
-    image, affine, spacing = read_scan_input(path)
+    image, affine, spacing = read_scan_input(path, series)
     problem = scan_problem(image, recipe, affine)
     if problem is not None:
         raise UsageError(f'--input {path}: {problem}')
@@ -396,7 +408,7 @@ def segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib,
     in the volume's format (or --nifti / --h5's)."""
     recipe = info['recipe']
     sources = input_files(cfg['input'], series=recipe is not None)
-    check_inputs(sources, recipe, info['checkpoint'], nib)
+    check_inputs(sources, recipe, info['checkpoint'], nib, cfg['series'])
     if recipe is not None and recipe['crop'] == 'label' and any(is_scan(p) for p in sources):
         print('note: the import recipe crops around the ground-truth label, which a new scan lacks: the whole scan '
               'is segmented', file=sys.stderr)
@@ -404,7 +416,7 @@ def segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib,
     def segment(image):
         return test_single_case(list(nets.values()), image, stride_xy, stride_z, cfg['patch_size'], cfg['num_classes'],
                                 device=device, batch_size=cfg['batch_windows'], weight=weight,
-                                channels_last=cfg['channels_last'], amp=cfg['amp'])
+                                channels_last=cfg['channels_last'], amp=amp_dtype(device) if cfg['amp'] else None)
     names = UniqueNames()
     with StagingDir(out_dir) as stage:
         folder = stage.path / 'predictions_input'
@@ -413,7 +425,8 @@ def segment_inputs(cfg, nets, device, stride_xy, stride_z, weight, out_dir, nib,
         for path in tqdm(sources, desc='segment', unit='volume', disable=cfg['no_progress']):
             stem = path.name if path.is_dir() else path.name[:-len(volume_suffix(path))]
             if recipe is not None and is_scan(path):
-                pred, image, affine, spacing = segment_scan(path, recipe, segment, cfg['normalize'], cfg['lcc'])
+                pred, image, affine, spacing = segment_scan(path, recipe, segment, cfg['normalize'], cfg['lcc'],
+                                                            cfg['series'])
                 kind = '.nii.gz'
             else:
                 image, affine = read_volume(path)
@@ -443,6 +456,8 @@ def main(argv=None):
     nib = nibabel_or_none()
     if cfg['nifti'] and nib is None:
         raise UsageError('--nifti needs nibabel, which is not installed: pip install nibabel')
+    if cfg['series'] is not None and cfg['input'] is None:
+        raise UsageError(f'--series {cfg["series"]}: chooses a DICOM series of --input, which is not given')
     if cfg['save_png']:
         optional_import('matplotlib.figure', '--save_png', 'matplotlib')  # before any case is segmented
     published = bool(cfg['vnet_ckpt'] or cfg['resnet_ckpt'])
@@ -450,6 +465,8 @@ def main(argv=None):
         raise UsageError('pass either --checkpoint (a train.py checkpoint) or --vnet_ckpt/--resnet_ckpt, not both')
     device = select_device(cfg['gpu'])
     cfg['channels_last'] = use_channels_last(cfg['channels_last'], device)
+    set_cudnn(cfg['deterministic'])
+    set_tf32(cfg['tf32'])
 
     nets, info = load_published(cfg) if published else load_project(cfg, explicit, notes)
     for net in nets.values():
@@ -485,7 +502,7 @@ def main(argv=None):
                          stride_z, device=device, lcc=cfg['lcc'], spacing=cfg['spacing'],
                          lineage_empty=cfg['lineage_empty'], save_fn=each(savers), batch_size=cfg['batch_windows'],
                          weight=weight, progress=not cfg['no_progress'], channels_last=cfg['channels_last'],
-                         amp=cfg['amp'])
+                         amp=amp_dtype(device) if cfg['amp'] else None)
     wall = time.perf_counter() - start
 
     summary = summarize(rows)
@@ -501,7 +518,8 @@ def main(argv=None):
                                     'batch_windows')}
     settings.update(list_file=str(dataset.list_file), pattern=pattern, nets=list(nets), stride_xy=stride_xy,
                     stride_z=stride_z, device=str(device), torch=torch.__version__)
-    settings.update(channels_last=cfg['channels_last'], amp=cfg['amp'])
+    settings.update(channels_last=cfg['channels_last'], amp=cfg['amp'], tf32=cfg['tf32'],
+                    deterministic=cfg['deterministic'])
     result = {
         'metrics': {k: v for k, v in summary.items() if isinstance(v, dict)},
         'n_cases': summary['n_cases'], 'n_empty': summary['n_empty'], 'n_gt_empty': summary['n_gt_empty'],

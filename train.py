@@ -154,9 +154,10 @@ def dual_step(net_a, net_b, opt_a, opt_b, scaler, image, label, it, generator, *
     Returns (total, record, extra): total the 0-d loss (term 8); record {name: 0-d tensor}: 'loss' (= total), sup_a,
     sup_b, dice_a, dice_b, mc_a, mc_b, reg, urps, cps_a, cps_b, con (0 when off), the labeled volumes' foreground
     share label_fg, and the pseudo-label shares reliable (R's share of unlabeled voxels), pseudo_fg (yhat's
-    foreground share) and reliable_fg (foreground share within R), 0 without pseudo-labels; extra {'winner': 'A'
-    or 'B', 'lambda_con': the ramped contrastive weight, 'unsup_weight': the factor on L_reg, L_urps and L_cps
-    (1 with ramp_unsup off)}, numbers. train.py logs record and extra, by these names, as iterations.csv columns."""
+    foreground share) and reliable_fg (foreground share within R), 0 without pseudo-labels; extra {'winner': a 0-d
+    bool tensor, True where A wins (nothing here waits for the device), 'lambda_con': the ramped contrastive weight,
+    'unsup_weight': the factor on L_reg, L_urps and L_cps (1 with ramp_unsup off)}. train.py logs record and extra,
+    by these names, as iterations.csv columns (the winner as A or B)."""
     lb = labeled_bs
     with torch.autocast(image.device.type, dtype=amp, enabled=amp is not None):
         (logits_a, feat_a), (logits_b, feat_b) = net_a(image), net_b(image)
@@ -172,7 +173,7 @@ def dual_step(net_a, net_b, opt_a, opt_b, scaler, image, label, it, generator, *
         dice_pair = torch.stack([dice_a, dice_b]).detach()
         if mean_over_ranks is not None:
             dice_pair = mean_over_ranks(dice_pair)
-        a_wins = bool(dice_pair[0] <= dice_pair[1])
+        a_wins = dice_pair[0] <= dice_pair[1]  # a 0-d tensor: bool() would wait for the device every step
 
         # 3. mutual correction where exactly one network is confident (labeled part)
         mc_a = mc_b = zero
@@ -184,9 +185,11 @@ def dual_step(net_a, net_b, opt_a, opt_b, scaler, image, label, it, generator, *
         # 4. cosine consistency on the whole batch
         reg = cosine_consistency_loss(prob_a, prob_b) if lambda_reg > 0 else zero
 
-        # 5. uncertainty-rectified pseudo supervision: the winner teaches the loser
-        teacher_prob, student_logits = (prob_a, logits_b) if a_wins else (prob_b, logits_a)
-        urps = urps_loss(student_logits, teacher_prob) if lambda_urps > 0 else zero
+        # 5. uncertainty-rectified pseudo supervision: the winner teaches the loser (torch.where: the chosen
+        # tensors bit for bit, and no gradient through the one not chosen)
+        urps = zero
+        if lambda_urps > 0:
+            urps = urps_loss(torch.where(a_wins, logits_b, logits_a), torch.where(a_wins, prob_a, prob_b))
 
         # 6. entropy-filtered cross pseudo-labels on the unlabeled part (term 7 uses them too)
         pseudo = reliable = None
@@ -202,9 +205,10 @@ def dual_step(net_a, net_b, opt_a, opt_b, scaler, image, label, it, generator, *
         lambda_c = lambda_con * ramp
         con = zero
         if lambda_con > 0:
-            loser_feat, loser_prob = (feat_b, prob_b) if a_wins else (feat_a, prob_a)
-            con = prototype_contrastive_loss(loser_feat[lb:], loser_prob[lb:], pseudo, reliable, contrast_tau,
-                                             contrast_samples, generator)
+            loser_feat = torch.where(a_wins, feat_b[lb:], feat_a[lb:])
+            loser_prob = torch.where(a_wins, prob_b[lb:], prob_a[lb:])
+            con = prototype_contrastive_loss(loser_feat, loser_prob, pseudo, reliable, contrast_tau, contrast_samples,
+                                             generator)
 
         # 8. the total; ramp_unsup holds back the terms that learn from the networks' own early guesses, which at
         # full weight from iteration 0 can agree on background everywhere and never leave it
@@ -220,7 +224,7 @@ def dual_step(net_a, net_b, opt_a, opt_b, scaler, image, label, it, generator, *
         fg = pseudo > 0
         record.update(reliable=reliable.float().mean(), pseudo_fg=fg.float().mean(),
                       reliable_fg=(fg & reliable).sum() / reliable.sum().clamp_min(1))
-    return total, record, {'winner': 'A' if a_wins else 'B', 'lambda_con': lambda_c, 'unsup_weight': unsup}
+    return total, record, {'winner': a_wins, 'lambda_con': lambda_c, 'unsup_weight': unsup}
 
 
 def mt_step(student, teacher, optimizer, scaler, image, label, it, generator, *, labeled_bs, consistency, rampup,
@@ -252,8 +256,10 @@ def add_noise(image, std, generator):
 def update_ema(teacher, student, decay, it):
     """teacher = a * teacher + (1 - a) * student, with a warm start a = min(1 - 1/(it + 1), decay)."""
     a = min(1.0 - 1.0 / (it + 1), decay)
-    for t, s in zip(teacher.parameters(), student.parameters()):
-        t.mul_(a).add_(s, alpha=1.0 - a)
+    # one multi-tensor operation over all parameters instead of two small kernels per parameter tensor
+    teacher_params, student_params = list(teacher.parameters()), list(student.parameters())
+    torch._foreach_mul_(teacher_params, a)
+    torch._foreach_add_(teacher_params, student_params, alpha=1.0 - a)
 
 
 def sup_step(net, optimizer, scaler, image, label, amp=None):

@@ -93,7 +93,7 @@ def bench_inference(args, device, results):
     t_forward = timed(one_forward, device, args.repeats)
     ours = timed(lambda: test_single_case(nets, image, sxy, sz, patch, 2, device=device,
                                           batch_size=args.batch_windows, channels_last=args.channels_last,
-                                          amp=args.amp), device, args.repeats)
+                                          amp=amp_dtype(device) if args.amp else None), device, args.repeats)
     naive = timed(lambda: per_window_loop(nets, image, sxy, sz, patch, 2, device, grad=False), device, args.repeats)
     released = timed(lambda: per_window_loop(nets, image, sxy, sz, patch, 2, device, grad=True), device,
                      args.repeats)
@@ -180,7 +180,8 @@ def bench_precision(args, device, results):
         def run():
             outputs[name] = test_single_case(own, volume, args.stride_xy, args.stride_z, args.patch_size, 2,
                                              device=device, batch_size=args.batch_windows,
-                                             channels_last=channels_last, amp=amp)[0]
+                                             channels_last=channels_last,
+                                             amp=amp_dtype(device) if amp else None)[0]
         return run
     t_infer = timed_side_by_side({name: infer(name, amp, cl) for name, amp, cl in SETTINGS}, device,
                                  args.repeats)

@@ -25,6 +25,7 @@ MAX_VOXELS = 2 ** 30
 
 class DatasetError(ValueError):
     """A dataset folder, list file or case file is unusable; the message is one line naming it."""
+    user_error = True  # utils.cli.run_cli prints the message as one line, no traceback
 
 
 def _one_line(text):

@@ -82,10 +82,11 @@ def find_cases(label_dir, dicom_dir=None, nifti_dir=None):
     return {n: (images[n], labels[n]) for n in sorted(labels) if n in images}, problems
 
 
-def read_case(image_source, label_path, from_dicom):
-    """(HU float32 (X,Y,Z), label uint8 0/1 (X,Y,Z), spacing mm) in the label file's voxel order."""
+def read_case(image_source, label_path, from_dicom, series=None):
+    """(HU float32 (X,Y,Z), label uint8 0/1 (X,Y,Z), spacing mm) in the label file's voxel order.
+    series: SeriesInstanceUIDs (--series) choosing among a case folder's CT series (dicom.read_ct_scan)."""
     label, spacing = read_volume(label_path, reorient=False)
-    hu = read_ct_series(image_source)[0] if from_dicom else read_volume(image_source, reorient=False)[0]
+    hu = read_ct_series(image_source, series)[0] if from_dicom else read_volume(image_source, reorient=False)[0]
     if hu.shape != label.shape:
         raise VolumeError(f'{image_source}: image is {"x".join(map(str, hu.shape))} voxels but its label '
                           f'{label_path} is {"x".join(map(str, label.shape))}')
@@ -153,7 +154,8 @@ def write_lists(folder, written, chosen, warn):
 
 
 def preprocess_pancreas(out_dir, label_dir, dicom_dir=None, nifti_dir=None, recipe='mcnet', lists=None,
-                        target=(1.0, 1.0, 1.0), order=1, progress=True, warn=print, command='', overwrite=False):
+                        target=(1.0, 1.0, 1.0), order=1, progress=True, warn=print, command='', overwrite=False,
+                        series=None):
     """Import every paired case into out_dir (module docstring); returns the NNNN ids written.
 
     Raises VolumeError naming the file at fault (the first case that fails), or ProblemList naming
@@ -177,7 +179,7 @@ def preprocess_pancreas(out_dir, label_dir, dicom_dir=None, nifti_dir=None, reci
              'drop them')
     with ReplacingDir(out_dir) as stage:
         for n, (image_source, label_path) in tqdm(cases.items(), desc=PROG, unit='case', disable=not progress):
-            hu, label, spacing = read_case(image_source, label_path, from_dicom=dicom_dir is not None)
+            hu, label, spacing = read_case(image_source, label_path, dicom_dir is not None, series)
             image, label = process_case(hu, label, spacing, recipe, target, order, name=str(label_path))
             write_case_h5(stage.path / f'image{n}_norm.h5', image, label)
         write_lists(stage.path, set(cases), lists or recipe, warn)
@@ -203,11 +205,15 @@ def main(argv=None):
     parser.add_argument('--order', type=int, choices=(1, 3), default=1, help='image interpolation: 1 linear, 3 cubic')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace --out_dir whole when it holds files (an earlier import); without it, refused')
+    parser.add_argument('--series', action='append', metavar='UID',
+                        help='a case folder holding several CT series reads the one with this SeriesInstanceUID '
+                             '(repeat for several cases)')
     args = parser.parse_args(argv)
     try:
         cases = preprocess_pancreas(args.out_dir, args.label_dir, args.dicom_dir, args.nifti_dir, args.recipe,
                                     args.lists, args.spacing, args.order,
-                                    command=command_line(f'dataloaders.{PROG}', argv), overwrite=args.overwrite)
+                                    command=command_line(f'dataloaders.{PROG}', argv), overwrite=args.overwrite,
+                                    series=args.series)
     except (ValueError, OSError) as err:
         fail(PROG, getattr(err, 'lines', [err]))
     except MemoryError:

@@ -41,6 +41,7 @@ FORMAT = 'dataloaders.synthetic/1'
 
 class SyntheticDataError(ValueError):
     """The output folder cannot be used; the message is one line naming the folder."""
+    user_error = True  # utils.cli.run_cli prints the message as one line, no traceback
 
 
 # ----------------------------------------------------------------------------- geometry

@@ -54,16 +54,40 @@ def uncertain_mask(ent, arg, uncertain_percent, filter_mode='global', num_classe
     """
     if filter_mode not in FILTER_MODES:
         raise ValueError(f'filter_mode must be one of {FILTER_MODES}, got {filter_mode!r}')
-    uncertain = torch.zeros_like(arg, dtype=torch.bool)
     if filter_mode == 'none' or uncertain_percent == 0 or ent.numel() == 0:
-        return uncertain
+        return torch.zeros_like(arg, dtype=torch.bool)
     if filter_mode == 'global':
         return ent >= percentile(ent, 100 - uncertain_percent)
-    for c in range(num_classes):
-        members = arg == c
-        if int(members.sum()) >= min_class_voxels:
-            uncertain |= members & (ent >= percentile(ent[members], 100 - uncertain_percent))
-    return uncertain
+    threshold, counts = classwise_percentiles(ent, arg, 100 - uncertain_percent, num_classes)
+    return (ent >= threshold[arg]) & (counts >= min_class_voxels)[arg]
+
+
+def classwise_percentiles(values, classes, q, num_classes):
+    """(percentile of values within each class c, as percentile(values[classes == c], q); the size of each
+    class), both of shape (num_classes,); a class without members gets its count 0 and a meaningless value.
+
+    Computed on the device for all classes at once: no class size, mask or index is read back by the host,
+    which on a GPU would wait for the work queued before it. One sort orders the values, a stable sort by class
+    groups them, so class c's values lie sorted in positions start_c .. start_c + n_c - 1."""
+    values, classes = values.detach().reshape(-1), classes.reshape(-1)
+    by_value = values.sort()
+    by_class = classes[by_value.indices].sort(stable=True)
+    grouped = by_value.values[by_class.indices]
+    counts = torch.stack([(classes == c).sum() for c in range(num_classes)])
+    starts = counts.cumsum(0) - counts
+    # percentile's arithmetic in float64, as it does in Python floats, so the thresholds agree to the bit
+    index = q / 100 * (counts.clamp_min(1) - 1).double()
+    lo = index.floor()
+    gamma = index - lo
+    lo = lo.long()
+    hi = torch.minimum(lo + 1, counts.clamp_min(1) - 1)
+    last = grouped.numel() - 1
+    low = grouped[(starts + lo).clamp_max(last)]
+    high = grouped[(starts + hi).clamp_max(last)]
+    # numpy's lerp from the nearer end, as percentile
+    near_high = high - (high - low) * (1 - gamma).to(values.dtype)
+    near_low = low + (high - low) * gamma.to(values.dtype)
+    return torch.where(gamma >= 0.5, near_high, near_low), counts
 
 
 @torch.no_grad()

@@ -244,7 +244,7 @@ def test_channels_last_and_cpu_amp_match_float32():
     np.testing.assert_allclose(score_cl, score, rtol=0, atol=1e-5)
     assert (label_cl == label).mean() > 0.999
     # --amp on the CPU: bfloat16 forward passes, float32 scores (sums of probabilities stay probabilities)
-    label_amp, score_amp = run(nets, image, amp=True, channels_last=True)
+    label_amp, score_amp = run(nets, image, amp=torch.bfloat16, channels_last=True)
     assert score_amp.dtype == np.float32 and not np.array_equal(score_amp, score)
     np.testing.assert_allclose(score_amp.sum(axis=0), 1, atol=1e-5)
     np.testing.assert_allclose(score_amp, score, rtol=0, atol=2e-2)

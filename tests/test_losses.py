@@ -420,6 +420,24 @@ def test_classwise_uncertain_mask_matches_numpy(n_classes):
     assert not uncertain_mask(ent, arg, 0, 'classwise', n_classes).any()
 
 
+def test_classwise_percentiles_equal_percentile_of_each_class_to_the_bit():
+    """The device-side thresholds of the classwise filter (no host read of a class size or mask) against
+    percentile over each class's values picked out by a boolean mask, as the filter once computed them: every
+    q, ties, a class of one voxel and an empty class (count 0)."""
+    from losses.cross_pseudo import classwise_percentiles
+    rng = np.random.default_rng(3)
+    values = torch.from_numpy(rng.random(500).astype(np.float32))
+    values[::7] = values[3]  # ties
+    classes = torch.from_numpy(rng.choice([0, 1, 3], size=500, p=[0.7, 0.298, 0.002]))
+    classes[0], classes[1:] = 3, torch.where(classes[1:] == 3, 0, classes[1:])  # class 3: one voxel; 2: none
+    for q in (0, 12.5, 33.3, 50, 80, 99.9, 100):
+        got, counts = classwise_percentiles(values, classes, q, 4)
+        assert counts.tolist() == [int((classes == c).sum()) for c in range(4)] and counts[2] == 0
+        for c in (0, 1, 3):
+            want = percentile(values[classes == c], q)
+            assert got[c].item() == want.item(), (q, c)  # equal, not close: the same voxels are flagged
+
+
 # ---------------------------------------------------------------- prototype contrastive
 
 def np_contrastive(features, student_prob, yhat, reliable, tau, keep=None):

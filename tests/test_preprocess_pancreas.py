@@ -170,6 +170,62 @@ def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, case, message):
     assert not out.exists()  # not even the good case
 
 
+def slice_edit(at, key, value):
+    return lambda z, ds: setattr(ds, key, value) if z == at else None
+
+
+@pytest.mark.parametrize('case, message', [
+    ('two series', ['PANCREAS_0009: holds 2 CT series, choose one with --series UID',
+                    '1.2.9.1 (CT, 8x8x3 voxels, "PANCREAS")', '1.2.9.2 (CT, 8x8x4 voxels, "LOCALIZER")']),
+    ('gap', ['PANCREAS_0009', 'are 5 mm apart but the series\' spacing is 2.5 mm (a missing slice?)']),
+    ('duplicate', ['PANCREAS_0009', 'two slices at one position (0 mm along the normal)']),
+    ('too few', ['PANCREAS_0009', 'the CT series has 2 slices; at least 3']),
+    ('orientation', ['PANCREAS_0009', 'slices of different orientations']),
+    ('damaged', ['PANCREAS_0009', 'slice001.dcm: damaged DICOM file']),
+])
+def test_bad_series_are_one_line_and_write_nothing(tmp_path, case, message):
+    make_case(tmp_path, '0001', shape=(8, 8, 3))
+    series = {'series_uid': '1.2.9.1', 'description': 'PANCREAS'}
+    if case == 'gap':
+        series['order'] = [0, 2, 3]
+    elif case == 'duplicate':
+        series['edit'] = slice_edit(1, 'ImagePositionPatient', [0.0, 0.0, 0.0])
+    elif case == 'too few':
+        series['order'] = [0, 1]
+    elif case == 'orientation':
+        series['edit'] = slice_edit(1, 'ImageOrientationPatient', [0.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    make_case(tmp_path, '0009', shape=(8, 8, 4 if case == 'gap' else 3), **series)
+    folder = tmp_path / 'Pancreas-CT' / 'PANCREAS_0009'
+    if case == 'two series':
+        write_ct_series(folder / 'localizer', np.zeros((8, 8, 4), np.int16), series_uid='1.2.9.2',
+                        description='LOCALIZER')
+    elif case == 'damaged':
+        victim = next(folder.rglob('slice001.dcm'))
+        victim.write_bytes(victim.read_bytes()[:300])
+    if case == 'gap':  # the label of the 3 slices written
+        write_nifti(tmp_path / 'labels' / 'label0009.nii.gz', np.ones((8, 8, 3), np.uint8), spacing=(1.0, 1.0, 2.5))
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'mine.txt').write_text('kept')
+    text = run_main(['--dicom_dir', str(tmp_path / 'Pancreas-CT'), '--label_dir', str(tmp_path / 'labels'),
+                     '--out_dir', str(out)])
+    for words in message:
+        assert words in text, text
+    assert sorted(p.name for p in out.iterdir()) == ['mine.txt']  # the folder as it was
+
+
+def test_series_chooses_the_series_of_a_case_that_holds_two(tmp_path):
+    """--series names the series of the one case that needs it; the other cases hold one series each."""
+    make_case(tmp_path, '0001', shape=(8, 8, 3))
+    make_case(tmp_path, '0002', shape=(8, 8, 3), series_uid='1.2.9.1')
+    write_ct_series(tmp_path / 'Pancreas-CT' / 'PANCREAS_0002' / 'localizer', np.zeros((8, 8, 4), np.int16),
+                    series_uid='1.2.9.2')
+    out = tmp_path / 'out'
+    assert pp.main(['--dicom_dir', str(tmp_path / 'Pancreas-CT'), '--label_dir', str(tmp_path / 'labels'),
+                    '--out_dir', str(out), '--series', '1.2.9.1', '--series', '7.7']) == 0
+    assert sorted(p.name for p in out.glob('*.h5')) == ['image0001_norm.h5', 'image0002_norm.h5']
+
+
 def test_empty_folders(tmp_path):
     (tmp_path / 'dicom').mkdir()
     make_case(tmp_path, '0001', shape=(8, 8, 3))

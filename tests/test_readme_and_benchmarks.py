@@ -158,7 +158,7 @@ def test_readme_flag_table_names_every_train_py_flag():
     readme = (REPO / 'README.md').read_text()
     section = readme[readme.index('\n## Training'):readme.index('\n## Evaluation')]
     rows = '\n'.join(line for line in section.splitlines() if line.startswith('|'))
-    in_table = {flag for code in re.findall(r'`([^`]*)`', rows) for flag in re.findall(r'--[a-z_]+', code)}
+    in_table = {flag for code in re.findall(r'`([^`]*)`', rows) for flag in re.findall(r'--[a-z_][a-z0-9_]*', code)}
     flags = {o for a in train.build_parser()._actions for o in a.option_strings if o.startswith('--')} - {'--help'}
     assert not flags - in_table, f'train.py flags missing from the README table: {sorted(flags - in_table)}'
     assert not in_table - flags, f'README table names flags train.py does not have: {sorted(in_table - flags)}'
@@ -367,12 +367,22 @@ def test_gpu_check_quick_runs_every_step_on_the_cpu(tmp_path):
     assert result['ok'] and result['quick'] and result['table'] in done.stdout
     assert result['tests']['ok'] and result['tests']['failed'] == 0  # pytest -m cuda ran (and skipped here)
     assert result['tests']['skipped'] + result['tests']['passed'] > 0
-    assert set(result['train']) == {'float32', 'amp', 'channels_last', 'amp + channels_last', 'pair-sup'}
-    for row in result['train'].values():
+    train_rows = result['train']
+    assert list(train_rows) == ['float32', 'float32 benchmark', 'tf32', 'amp', 'channels_last',
+                                'amp + channels_last', 'mt', 'sup', 'pair-sup']
+    # the first row is train.py's default command; every method is timed
+    assert (train_rows['float32']['deterministic'], train_rows['float32']['tf32']) == (1, 0)
+    assert train_rows['tf32']['tf32'] == 1 and train_rows['float32 benchmark']['deterministic'] == 0
+    assert [train_rows[n]['method'] for n in ('float32', 'mt', 'sup')] == ['dual', 'mt', 'sup']
+    assert {'consistency', 'sup'} <= set(train_rows['mt']['last_terms'])
+    for row in train_rows.values():
         assert row['finite'] and row['seconds_per_iteration'] > 0 and row['projected_hours'] > 0
         assert all(math.isfinite(v) for v in row['last_terms'].values())
     for name in ('float32', 'amp', 'amp + channels_last'):
-        assert result['train'][name]['contrastive_steps'] > 0, name  # L_con was computed, not skipped
+        assert train_rows[name]['contrastive_steps'] > 0, name  # L_con was computed, not skipped
+    resume = result['resume']  # train.py and test.py as processes: the resume and the label maps agree
+    assert resume['ok'] and resume['repeat_equal'] and resume['resume_equal'] and resume['test_cases'] == 2
+    assert resume['test_agreement_with_cpu'] == 1.0
     assert result['overhead_ratio'] > 0
     rows = result['inference']['rows']
     assert set(rows) == {'float32', 'amp + channels_last', 'cpu float32'}

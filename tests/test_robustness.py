@@ -488,3 +488,27 @@ def test_no_unsafe_deserialisation_or_eval():
     assert len(python_files()) > 20  # the scan did see the repository
     assert not problems, problems
 
+
+
+# ------------------------------------------------------------------------------------------ layering
+
+def test_folders_import_neither_each_other_nor_a_script():
+    """networks/, losses/, dataloaders/ are copied into forks one by one: none imports another of them, utils/ or a
+    script; utils/ imports no script (train, test, benchmarks)."""
+    scripts = {'train', 'test', 'benchmarks', 'tests'}
+    allowed = {'networks': set(), 'losses': set(), 'dataloaders': set(),
+               'utils': {'networks', 'losses', 'dataloaders'}}
+    problems = []
+    for folder, may in allowed.items():
+        forbidden = (scripts | set(allowed)) - may - {folder}
+        for path in (REPO / folder).rglob('*.py'):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and not node.level:
+                    names = [node.module]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                else:
+                    continue
+                problems += [f'{path.relative_to(REPO)}:{node.lineno} imports {n}' for n in names
+                             if n.split('.')[0] in forbidden]
+    assert not problems, problems

@@ -121,22 +121,26 @@ def test_raw_scans_get_label_maps_on_their_own_grid_as_good_as_on_the_imported_c
 def test_the_same_scan_as_dicom_series_nrrd_and_nifti_gets_the_same_map(imported, trained, tmp_path):
     image, _ = ct_case(0)
     scans = {'series': write_ct_series(tmp_path / 'series' / 'ct_0', (image + 1024).astype(np.int16),
-                                       intercept=-1024.0, pixel_mm=SPACING[:2], slice_mm=SPACING[2]),
+                                       intercept=-1024.0, pixel_mm=SPACING[:2], slice_mm=SPACING[2],
+                                       series_uid='1.2.826.0.1.1'),
              'nrrd': write_nrrd(tmp_path / 'nrrd' / 'ct_0.nrrd', image, spacing=SPACING),
              'nifti': write_nifti(tmp_path / 'nifti' / 'ct_0.nii.gz', image, affine=AFFINE)}
+    # a second CT series beside it (a scout): --series picks the scan's
+    write_ct_series(tmp_path / 'series' / 'ct_0' / 'scout', np.zeros((8, 8, 3), np.int16), series_uid='1.2.826.0.1.2')
     maps = {}
     for kind, scan in scans.items():
         assert cli(['--checkpoint', str(trained), '--gpu', '-1', '--no_progress', '--input', str(scan),
-                    '--out_dir', str(tmp_path / f'out_{kind}')]) == 0
+                    '--out_dir', str(tmp_path / f'out_{kind}')]
+                   + (['--series', '1.2.826.0.1.1'] if kind == 'series' else [])) == 0
         maps[kind] = read_scan(tmp_path / f'out_{kind}' / 'predictions_input' / 'ct_0_pred.nii.gz')
     for kind in ('series', 'nrrd'):
         np.testing.assert_array_equal(maps[kind][0], maps['nifti'][0])
     assert set(np.unique(maps['nifti'][0])) == {0, ORGAN}
     np.testing.assert_array_equal(maps['nifti'][1], read_scan(scans['nifti'])[1])
-    # the series' affine: without ImageOrientationPatient, the diagonal of its spacing; the NRRD's: its
-    # left-posterior-superior space turned to NIfTI's right-anterior-superior
-    np.testing.assert_allclose(maps['series'][1], np.diag([*SPACING, 1.0]))
-    np.testing.assert_allclose(maps['nrrd'][1], np.diag([-SPACING[0], -SPACING[1], SPACING[2], 1.0]))
+    # the series' (axial, origin 0) and the NRRD's: their left-posterior-superior space turned to NIfTI's
+    # right-anterior-superior
+    for kind in ('series', 'nrrd'):
+        np.testing.assert_allclose(maps[kind][1], np.diag([-SPACING[0], -SPACING[1], SPACING[2], 1.0]), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- the geometric inverse alone
@@ -222,6 +226,10 @@ def one_line_error(capsys):
     ('no CT series', ['no CT slice', 'Modality MR']),
     ('tiny', ['scan.nii.gz: 3x3x6 voxels at the recipe\'s spacing 0.8,0.8,1.25', 'minimum of 4']),
     ('nan', ['scan.nii.gz: holds NaN or infinite values']),
+    ('two CT series', ['holds 2 CT series, choose one with --series UID', '1.2.9.1 (CT, 4x4x3 voxels', '1.2.9.2']),
+    ('unknown --series', ['no series 7.7 (--series)', '1.2.9.1 (CT']),
+    ('a gap', ['series', 'are 5 mm apart but the series\' spacing is 2.5 mm']),
+    ('--series on a file', ['--series 7.7: --input', 'is no DICOM series folder']),
 ])
 def test_what_cannot_be_segmented_is_one_line_and_writes_nothing(trained, tmp_path, capsys, case, words):
     nrrd = require_extra('nrrd')
@@ -245,12 +253,18 @@ def test_what_cannot_be_segmented_is_one_line_and_writes_nothing(trained, tmp_pa
     elif case == 'nan':
         image = np.where(image == image.max(), np.nan, image.astype(np.float32))
     elif case == 'no CT series':
-        scan = write_ct_series(tmp_path / 'series', image[:4, :4, :2], modality='MR')
+        scan = write_ct_series(tmp_path / 'series', image[:4, :4, :3], modality='MR')
+    elif case in ('two CT series', 'unknown --series'):
+        scan = write_ct_series(tmp_path / 'series', image[:4, :4, :3], series_uid='1.2.9.1')
+        write_ct_series(scan / 'other', image[:4, :4, :4], series_uid='1.2.9.2')
+    elif case == 'a gap':
+        scan = write_ct_series(tmp_path / 'series', image[:4, :4, :4], order=[0, 1, 3])
     if scan.name.endswith('.nii.gz'):
         write_nifti(scan, image, spacing=SPACING)
     out = tmp_path / 'out'
+    series = ['--series', '7.7'] if case in ('unknown --series', '--series on a file') else []
     assert cli(['--checkpoint', str(checkpoint), '--gpu', '-1', '--no_progress', '--input', str(scan),
-                '--out_dir', str(out)]) == 1
+                '--out_dir', str(out)] + series) == 1
     err = one_line_error(capsys)
     for word in words:
         assert word in err, err

@@ -177,14 +177,20 @@ def test_channels_last_and_amp_evaluate_like_float32(trained_run, phantoms, tmp_
     flags = ['--dataset', 'h5', '--root_path', str(phantoms), '--checkpoint', str(trained_run / 'final.pth'),
              '--gpu', '-1', '--no_progress']
     assert cli(flags + ['--out_dir', str(tmp_path / 'f32'), '--channels_last', '0']) == 0
-    assert cli(flags + ['--out_dir', str(tmp_path / 'fast'), '--channels_last', '--amp']) == 0, \
-        capsys.readouterr().err
+    assert cli(flags + ['--out_dir', str(tmp_path / 'fast'), '--channels_last', '--amp', '--tf32', '1',
+                        '--deterministic', '1']) == 0, capsys.readouterr().err
+    assert torch.backends.cudnn.conv.fp32_precision == 'tf32' and torch.backends.cudnn.deterministic
     assert cli(flags + ['--out_dir', str(tmp_path / 'default')]) == 0
+    # true float32 and cuDNN's benchmark mode for the fixed window unless asked otherwise, and both recorded
+    assert torch.backends.cuda.matmul.fp32_precision == torch.backends.cudnn.conv.fp32_precision == 'ieee'
+    assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
     f32, fast, default = (json.loads((tmp_path / d / 'test_summary.json').read_text())
                           for d in ('f32', 'fast', 'default'))
     assert (fast['settings']['channels_last'], fast['settings']['amp']) == (True, True)
     assert (f32['settings']['channels_last'], f32['settings']['amp']) == (False, False)
     assert (default['settings']['channels_last'], default['settings']['amp']) == (True, False)  # on the CPU
+    assert (fast['settings']['tf32'], fast['settings']['deterministic']) == (1, 1)
+    assert (default['settings']['tf32'], default['settings']['deterministic']) == (0, 0)
     assert fast['metrics']['dice']['mean'] == pytest.approx(f32['metrics']['dice']['mean'], abs=0.02)
     assert default['metrics']['dice']['mean'] == pytest.approx(f32['metrics']['dice']['mean'], abs=1e-6)
 

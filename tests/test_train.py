@@ -112,6 +112,7 @@ def test_every_method_writes_a_complete_run(phantoms, reference, tmp_path, metho
     assert isinstance(ckpt['config'], dict) and json.loads(json.dumps(ckpt['config'])) == saved
     assert saved['method'] == method and saved['labelnum'] == labelnum
     assert saved['channels_last'] is True  # the CPU's default
+    assert saved['tf32'] == 0 and torch.backends.cudnn.conv.fp32_precision == 'ieee'  # true float32 by default
 
     rows = read_csv(run / 'iterations.csv')
     assert list(rows[0]) == ['iteration'] + TERMS[method]
@@ -247,7 +248,7 @@ def test_each_term_reaches_exactly_the_networks_method_md_says(tiny_pair, monkey
 
     cfg = term_cfg(**({weight: 1.0} if weight else {}))
     total, record, extra = dual_terms(net_a, net_b, image, label, cfg, 5)
-    assert extra['winner'] == winner
+    assert ('A' if extra['winner'] else 'B') == winner
     expected = {'A', 'B'} - {winner} if nets == 'loser' else set(nets)
     assert grads(record[term], net_a, net_b) == expected
     # the total is the supervised pair plus this term with its weight, nothing else
@@ -280,6 +281,98 @@ def test_total_weighs_each_term_by_its_own_weight_and_ramps_reg_urps_and_cps_onl
     assert torch.allclose(total, expect, rtol=1e-6)
 
 
+@pytest.mark.parametrize('winner', ['A', 'B'])
+def test_winner_picked_on_the_device_gives_the_terms_of_the_python_choice_exactly(tiny_pair, monkeypatch, winner):
+    """L_urps and L_con take the winner's and the loser's tensors through torch.where on a 0-d device tensor:
+    equal to the bit to the terms computed from the pair picked in Python."""
+    from losses import prototype_contrastive_loss, urps_loss
+    net_a, net_b, image, label = tiny_pair
+    bias = {'A': (0.0, 2.0), 'B': (2.0, 0.0)}[winner]  # the other network's Dice loss raised past any real one
+    calls = []
+
+    def biased(logits, target):
+        sup, dice = supervised_loss(logits, target)
+        calls.append(None)
+        return sup, dice + bias[len(calls) - 1]
+    monkeypatch.setattr(train, 'supervised_loss', biased)
+    cfg = term_cfg(lambda_urps=1.0, lambda_con=1.0, lambda_cps=1.0, cps_filter='global')
+    out_a, out_b = net_a(image), net_b(image)  # no dropout: the outputs dual_step computes, bit for bit
+    idle = NoBackward()
+    _, record, extra = train.dual_step(net_a, net_b, idle, idle, idle, image, label, 5,
+                                       torch.Generator().manual_seed(4), **cfg)
+    assert bool(extra['winner']) == (winner == 'A')
+    (la, fa), (lb, fb) = out_a, out_b
+    pa, pb = torch.softmax(la.float(), 1), torch.softmax(lb.float(), 1)
+    (teacher, student), (loser_f, loser_p) = ((pa, lb), (fb, pb)) if winner == 'A' else ((pb, la), (fa, pa))
+    assert torch.equal(record['urps'], urps_loss(student.float(), teacher))
+    pseudo, reliable = train.cross_pseudo_label(pa[2:], pb[2:], 20, 'global')
+    con = prototype_contrastive_loss(loser_f[2:], loser_p[2:], pseudo, reliable, 0.1, 64,
+                                     torch.Generator().manual_seed(4))
+    assert record['con'] != 0 and torch.equal(record['con'], con)
+
+
+class HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the operations that make the host wait for a CUDA device: reading a value (item, bool, int),
+    and those whose output size depends on the data (nonzero, boolean-mask indexing, masked_select, bincount,
+    unique). On the CPU they cost nothing, but the count is the same as on a GPU."""
+    SYNCING = {'_local_scalar_dense', 'nonzero', 'masked_select', 'bincount', '_unique2', 'unique_consecutive',
+               'unique_dim', 'repeat_interleave'}
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        masks = name in ('index', 'index_put', 'index_put_') and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ()) if i is not None)
+        if name in self.SYNCING or masks:
+            self.reads.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('method,filter_mode', [('dual', 'global'), ('dual', 'classwise'), ('mt', 'global'),
+                                                ('sup', 'global')])
+def test_a_training_step_never_waits_for_the_device(tiny_pair, monkeypatch, method, filter_mode):
+    """One train_step of every method, every term but L_con on (its own file's business), reads nothing back
+    from the device: the winner (was 1 read), the classwise filter (was 8), the EMA. On a GPU each read would
+    stall the host until the queued kernels finish."""
+    net_a, net_b, image, label = tiny_pair
+
+    def cuda_one_hot(x, num_classes):  # F.one_hot's CUDA path: on the CPU only it reads min and max to check x
+        return torch.zeros(*x.shape, num_classes, dtype=torch.long).scatter_(-1, x.unsqueeze(-1), 1)
+    monkeypatch.setattr(torch.nn.functional, 'one_hot', cuda_one_hot)
+    cfg = {**term_cfg(alpha_mc=0.5, lambda_reg=1.0, lambda_urps=1.0, lambda_cps=1.0), 'filter': filter_mode,
+           'method': method, 'ema_decay': 0.99, 'consistency': 0.1, 'base_lr': 0.01}
+    nets = {'dual': {'net_a': net_a, 'net_b': net_b}, 'mt': {'net_a': net_a, 'ema': train.copy.deepcopy(net_a)},
+            'sup': {'net_a': net_a}}[method]
+    saved = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in nets.items()}
+    optimizers = train.build_optimizers(cfg, nets)
+    with HostReads() as counter:
+        train.train_step(nets, optimizers, train.grad_scaler(None), image, label, cfg, 5, torch.Generator())
+    for n, m in nets.items():  # the module-scoped pair is shared with other tests
+        m.load_state_dict(saved[n])
+    assert counter.reads == []
+
+
+def test_ema_update_equals_the_per_parameter_loop():
+    torch.manual_seed(0)
+    student, teacher = VNet(n_channels=1, n_classes=2, n_filters=2), VNet(n_channels=1, n_classes=2, n_filters=2)
+    loop = train.copy.deepcopy(teacher)
+    for it, decay in ((0, 0.99), (3, 0.99), (500, 0.99), (500, 0.9)):
+        train.update_ema(teacher, student, decay, it)
+        a = min(1.0 - 1.0 / (it + 1), decay)
+        with torch.no_grad():
+            for t, s in zip(loop.parameters(), student.parameters()):
+                t.mul_(a).add_(s, alpha=1.0 - a)
+        for t, u in zip(teacher.parameters(), loop.parameters()):
+            assert torch.equal(t, u)
+        with torch.no_grad():
+            for s in student.parameters():
+                s.add_(torch.randn_like(s))
+    assert not torch.equal(next(teacher.parameters()), next(student.parameters()))
+
+
 def test_add_noise_is_the_clipped_gaussian_of_the_mean_teacher():
     x = torch.full((200_000,), 3.0)
     y = train.add_noise(x, 0.1, torch.Generator().manual_seed(0))
@@ -310,7 +403,8 @@ def test_dual_step_returns_what_its_docstring_says(tiny_pair):
     assert list(record) == ITERATION_COLUMNS['dual'][1:17] and record['loss'] is total
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in record.values())
     assert record['label_fg'] == (label[:2] > 0).float().mean()
-    assert list(extra) == ITERATION_COLUMNS['dual'][17:] and extra['winner'] in ('A', 'B')
+    assert list(extra) == ITERATION_COLUMNS['dual'][17:]
+    assert extra['winner'].dtype == torch.bool and extra['winner'].dim() == 0  # read by the host only to log
     assert all(isinstance(extra[k], (int, float)) for k in ('lambda_con', 'unsup_weight'))
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dataloaders.volumes import (StagingDir, VolumeError, body_mask, bounding_box, ct_window, label_box, pad_to,
-                                 read_ct_series, read_volume, resample, write_case_h5, write_list, zscore)
+                                 read_ct_scan, read_ct_series, read_volume, resample, write_case_h5, write_list, zscore)
 from dataloaders.volumes.orient import to_xyz
 from make_volumes import write_ct_series, write_nifti, write_nrrd
 
@@ -30,17 +30,17 @@ def test_dicom_hu_from_slope_and_intercept_sorted_by_instance_number(tmp_path):
 
 
 def test_dicom_keeps_only_ct_slices(tmp_path):
-    stored = np.zeros((3, 3, 2), np.int16)
+    stored = np.zeros((3, 3, 3), np.int16)
     write_ct_series(tmp_path / 'ct', stored + 5, intercept=0.0)
     write_ct_series(tmp_path / 'sr', stored, modality='SR')  # another modality in the same folder tree
     (tmp_path / 'README.txt').write_text('not a DICOM file')
     hu, _ = read_ct_series(tmp_path)
-    assert hu.shape == (3, 3, 2) and (hu == 5).all()
+    assert hu.shape == (3, 3, 3) and (hu == 5).all()
 
 
 @pytest.mark.parametrize('make, message', [
-    (lambda d: write_ct_series(d, np.zeros((3, 3, 2), np.int16), modality='MR'), 'no CT slice'),
-    (lambda d: write_ct_series(d, np.zeros((3, 3, 2), np.int16), syntax=JPEG_LS), 'compressed (JPEG-LS'),
+    (lambda d: write_ct_series(d, np.zeros((3, 3, 3), np.int16), modality='MR'), 'no CT slice'),
+    (lambda d: write_ct_series(d, np.zeros((3, 3, 3), np.int16), syntax=JPEG_LS), 'compressed (JPEG-LS'),
     (lambda d: d.mkdir(), 'no DICOM file'),
 ])
 def test_dicom_bad_series_is_one_line(tmp_path, make, message):
@@ -51,6 +51,110 @@ def test_dicom_bad_series_is_one_line(tmp_path, make, message):
     assert message in text and str(tmp_path / 'case') in text and '\n' not in text
     if 'compressed' in message:
         assert 'pip install pylibjpeg' in text and text.split(':')[0].endswith('.dcm')  # names the file
+
+
+def refused(folder, *words, series=None):
+    """The one-line VolumeError of reading the series in folder; it names folder (or a file in it)."""
+    with pytest.raises(VolumeError) as info:
+        read_ct_series(folder, series)
+    text = str(info.value)
+    assert '\n' not in text and text.startswith(str(folder)), text
+    for word in words:
+        assert word in text, text
+    return text
+
+
+def ramp(depth=5):
+    """(4, 3, depth) stored values, each voxel its own: which slice went where shows in the result."""
+    return np.arange(4 * 3 * depth, dtype=np.int16).reshape(4, 3, depth)
+
+
+def test_dicom_two_ct_series_are_refused_listing_them_and_series_chooses_one(tmp_path):
+    write_ct_series(tmp_path / 'a', ramp(5), intercept=0.0, series_uid='1.2.3.1', description='ABDOMEN 2.5mm')
+    write_ct_series(tmp_path / 'b', ramp(4)[:2, :2] + 100, intercept=0.0, series_uid='1.2.3.2',
+                    description='SCOUT')
+    refused(tmp_path, '2 CT series', '--series UID', '1.2.3.1 (CT, 4x3x5 voxels, "ABDOMEN 2.5mm")',
+            '1.2.3.2 (CT, 2x2x4 voxels, "SCOUT")')
+    hu, _ = read_ct_series(tmp_path, '1.2.3.2')
+    assert np.array_equal(hu, ramp(4)[:2, :2] + 100)
+    refused(tmp_path, 'no series 9.9 (--series)', '1.2.3.1 (CT', series='9.9')
+    # a collection (preprocess_pancreas's repeated --series): the one of them in the folder
+    assert np.array_equal(read_ct_series(tmp_path, ['7.7', '1.2.3.1'])[0], ramp(5))
+
+
+def test_dicom_ct_beside_mr_reads_the_ct_series(tmp_path):
+    write_ct_series(tmp_path, ramp(3), intercept=0.0, series_uid='1.2.3.1')
+    write_ct_series(tmp_path / 'mr', ramp(4) * 0, modality='MR', series_uid='1.2.3.2')
+    assert np.array_equal(read_ct_series(tmp_path)[0], ramp(3))
+    refused(tmp_path, '--series 1.2.3.2 is 1.2.3.2 (MR, 4x3x4 voxels', 'only CT', series='1.2.3.2')
+
+
+def test_dicom_slices_are_sorted_by_position_not_instance_number(tmp_path):
+    """InstanceNumbers shuffled against the positions: the stack follows the positions. Numbered against
+    the normal (the lineage's stack order): the stack runs that way and the affine says so."""
+    shuffled = {0: 3, 1: 1, 2: 5, 3: 2, 4: 4}
+    write_ct_series(tmp_path / 'a', ramp(), intercept=0.0, edit=lambda z, ds: setattr(ds, 'InstanceNumber',
+                                                                                       shuffled[z]))
+    assert np.array_equal(read_ct_series(tmp_path / 'a')[0], ramp())
+    write_ct_series(tmp_path / 'b', ramp(), intercept=0.0, slice_mm=2.0,
+                    edit=lambda z, ds: setattr(ds, 'InstanceNumber', 5 - z))
+    hu, spacing, affine = read_ct_scan(tmp_path / 'b')
+    assert np.array_equal(hu, ramp()[:, :, ::-1]) and spacing == pytest.approx((0.7, 0.7, 2.0))
+    # voxel (i, j, k) lies where its slice says: ImagePositionPatient (LPS) + i x 0.7 mm along x, in RAS
+    for k in range(5):
+        z = 4 - k
+        np.testing.assert_allclose(affine @ [1, 2, k, 1], [-(1 * 0.7), -(2 * 0.7), z * 2.0, 1])
+
+
+def shift(key, value, at=2):
+    """edit for write_ct_series: slice z == at gets ds.key = value."""
+    return lambda z, ds: setattr(ds, key, value) if z == at else None
+
+
+@pytest.mark.parametrize('case, write, words', [
+    ('gap', dict(order=[0, 1, 3, 4]), ['slice001.dcm and slice002.dcm are 5 mm apart', 'spacing is 2.5 mm',
+                                       'missing slice']),
+    ('duplicate', dict(edit=shift('ImagePositionPatient', [0.0, 0.0, 2.5])), ['two slices at one position (2.5 mm']),
+    ('one slice', dict(order=[0]), ['has 1 slice;', 'at least 3']),
+    ('two slices', dict(order=[0, 1]), ['has 2 slices;', 'at least 3']),
+    ('orientation', dict(edit=shift('ImageOrientationPatient', [1.0, 0.0, 0.0, 0.0, 0.8, 0.6])),
+     ['slices of different orientations', '1\\0\\0\\0\\0.8\\0.6']),
+    ('pixel spacing', dict(edit=shift('PixelSpacing', [0.7, 0.8])), ['slices of different PixelSpacing', '0.7\\0.8']),
+    ('size', dict(edit=shift('Rows', 2)), ['slices of different sizes']),
+    ('zero spacing', dict(edit=shift('PixelSpacing', [0.0, 0.7])), ['PixelSpacing 0\\0.7 mm is not positive']),
+    ('degenerate orientation', dict(edit=shift('ImageOrientationPatient', [1.0, 0.0, 0.0, 1.0, 0.0, 0.0])),
+     ['is not two orthogonal unit vectors']),
+    ('no position', dict(edit=lambda z, ds: delattr(ds, 'ImagePositionPatient') if z == 2 else None),
+     ['ImagePositionPatient is missing', 'cannot place the slice']),
+    ('tilt', dict(edit=lambda z, ds: setattr(ds, 'ImagePositionPatient', [0.0, z * 0.5, z * 2.5])),
+     ['gantry-tilted']),
+])
+def test_dicom_bad_geometry_is_refused_in_one_line(tmp_path, case, write, words):
+    write_ct_series(tmp_path / 'case', ramp(), **write)
+    refused(tmp_path / 'case', *words)
+
+
+def test_dicom_increments_within_the_tolerance_are_one_series(tmp_path):
+    """Positions rounded to 0.01 mm (as scanners write them) are no gap: 0.8333 mm steps written 0.83 / 0.84;
+    half a slice more is one."""
+    write_ct_series(tmp_path, ramp(), slice_mm=0.8333,
+                    edit=lambda z, ds: setattr(ds, 'ImagePositionPatient', [0.0, 0.0, round(z * 0.8333, 2)]))
+    _, spacing = read_ct_series(tmp_path)
+    assert spacing[2] == pytest.approx(0.8333, abs=2e-3)
+    write_ct_series(tmp_path / 'b', ramp(), slice_mm=0.8333, order=range(5), edit=lambda z, ds: setattr(
+        ds, 'ImagePositionPatient', [0.0, 0.0, round(z * 0.8333 + (0.4 if z > 2 else 0), 2)]))
+    refused(tmp_path / 'b', 'slice002.dcm and slice003.dcm are 1.23 mm apart', 'may differ by 0.02 mm')
+
+
+@pytest.mark.parametrize('damage', ['header cut', 'pixels cut', 'not DICOM', 'empty'])
+def test_dicom_damaged_file_is_named_not_skipped(tmp_path, damage):
+    folder = write_ct_series(tmp_path / 'case', ramp())
+    victim = folder / 'slice002.dcm'
+    data = victim.read_bytes()
+    victim.write_bytes({'header cut': data[:300], 'pixels cut': data[:-10], 'not DICOM': b'\x00' * 500,
+                        'empty': b''}[damage])
+    text = refused(folder, f'{victim}: damaged DICOM file')
+    assert text.startswith(str(victim))
 
 
 def test_nifti_and_nrrd_read_as_xyz_with_spacing(tmp_path):

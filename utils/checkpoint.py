@@ -12,6 +12,7 @@ import torch
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be written, read or applied; the message names the file."""
+    user_error = True  # utils.cli.run_cli prints the message as one line, no traceback
 
 
 def save_checkpoint(obj, path):

@@ -2,7 +2,8 @@
 
 The convention of every script: main(argv) raises, for bad input, UsageError (a flag, or a file named on
 the command line) or the error type of the module that found the problem (DatasetError, CheckpointError,
-...); run_cli turns any of them into 'error: <one line>' and exit status 1.
+...); run_cli turns any of them into 'error: <one line>' and exit status 1. Such an error type says so with the
+class attribute user_error = True, so that this module needs to import none of the packages that define them.
 
     if __name__ == '__main__':
         run_cli(main)
@@ -10,19 +11,17 @@ the command line) or the error type of the module that found the problem (Datase
 import argparse
 import sys
 
-from dataloaders import DatasetError
-from dataloaders.synthetic import SyntheticDataError
-from dataloaders.volumes import VolumeError
-from utils.checkpoint import CheckpointError
-
 
 class UsageError(ValueError):
     """A flag, or a file named on the command line, that cannot be used; the message is one line naming it."""
+    user_error = True
 
 
-# Errors that mean "the input is wrong", not "the program is wrong": their message is the whole
-# story. OSError covers a full disk or a folder without write permission.
-USER_ERRORS = (UsageError, DatasetError, SyntheticDataError, CheckpointError, VolumeError, OSError)
+def is_user_error(error):
+    """Whether `error` means "the input is wrong", not "the program is wrong", so that its message is the whole
+    story: an exception whose class sets user_error = True (UsageError, DatasetError, VolumeError,
+    CheckpointError, SyntheticDataError, ...), or an OSError (a full disk, a folder without write permission)."""
+    return isinstance(error, OSError) or getattr(type(error), 'user_error', False) is True
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -52,8 +51,8 @@ def run_cli(main, argv=None):
     debug = '--debug' in argv
     try:
         main(argv)
-    except USER_ERRORS as e:
-        if debug:
+    except Exception as e:
+        if debug or not is_user_error(e):
             raise
         sys.exit(message(e))
     except KeyboardInterrupt:

@@ -78,6 +78,11 @@ def add_common_args(parser, control=None):
                         help='channels_last_3d networks and inputs: 1 or 0 (default: 1 on the CPU, where it is '
                              'faster with the same labels; 0 on CUDA, not yet measured there)')
     parser.add_argument('--seed', type=int, default=1337)
+    parser.add_argument('--tf32', type=int, choices=[0, 1], default=0,
+                        help='1: float32 convolutions and matrix products on CUDA in TensorFloat-32 (factors rounded '
+                             'to 10 mantissa bits; faster on Ampere and later GPUs); 0: true float32, whose '
+                             'numbers match the CPU\'s to rounding, the reference setting. cuDNN alone would pick '
+                             'TF32 for convolutions. No effect on the CPU or on --amp\'s float16 operations')
     control.add_argument('--debug', action='store_true', help='show full tracebacks')
 
 

@@ -16,8 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.config import amp_dtype
-from utils.metrics import METRICS, calculate_metric_percase, largest_connected_component
+from .metrics import METRICS, calculate_metric_percase, largest_connected_component
 
 
 def window_starts(dim, patch, stride):
@@ -65,12 +64,12 @@ def _module_device(module):
     return param.device if param is not None else torch.device('cpu')
 
 
-def _mean_softmax(nets, batch, num_classes, amp=False):
+def _mean_softmax(nets, batch, num_classes, amp=None):
     """(B,C,px,py,pz) float32 mean over nets of softmax(logits); a net may return logits or (logits, features, ...).
-    amp: the forward passes under autocast in amp_dtype (the softmax stays float32)."""
+    amp: None, or the dtype the forward passes autocast to (the softmax stays float32)."""
     prob = None
     for net in nets:
-        with torch.autocast(batch.device.type, dtype=amp_dtype(batch.device), enabled=amp):
+        with torch.autocast(batch.device.type, dtype=amp, enabled=amp is not None):
             out = net(batch)
         logits = out[0] if isinstance(out, (tuple, list)) else out
         if logits.shape[1] != num_classes:
@@ -92,7 +91,7 @@ def _coverage(length, starts, patch, device):
 
 @torch.inference_mode()
 def test_single_case(net, image, stride_xy, stride_z, patch_size, num_classes, device=None, batch_size=1,
-                     weight=None, channels_last=False, amp=False):
+                     weight=None, channels_last=False, amp=None):
     """Sliding-window segmentation of one volume.
 
     net: module or list/tuple of modules (their softmax outputs are averaged), already in eval mode.
@@ -103,10 +102,12 @@ def test_single_case(net, image, stride_xy, stride_z, patch_size, num_classes, d
     channels_last: the windows and the networks in torch.channels_last_3d (faster 3D convolutions on the CPU), else
     both contiguous; the networks are converted in place, as net.to(memory_format=...) does (a no-op when they are
     in that format already).
-    amp: forward passes under autocast, float16 on CUDA and bfloat16 on the CPU (utils.config.amp_dtype); softmax,
-    averaging and scores stay float32.
+    amp: None (float32), or the dtype the forward passes autocast to (torch.float16 / torch.bfloat16; --amp passes
+    utils.config.amp_dtype(device)); softmax, averaging and scores stay float32.
     Returns (label_map int64 numpy (X,Y,Z), score_map float32 numpy (C,X,Y,Z)).
     """
+    if amp is not None and not isinstance(amp, torch.dtype):
+        raise ValueError(f'amp={amp!r}: expected None or the autocast dtype, e.g. torch.bfloat16')
     nets = list(net) if isinstance(net, (list, tuple)) else [net]
     if not nets:
         raise ValueError('net is an empty list')
@@ -185,7 +186,7 @@ def keep_largest_components(pred, num_classes):
 
 def test_all_case(net, cases, num_classes, patch_size, stride_xy, stride_z, device=None, lcc=False, spacing=None,
                   lineage_empty=False, save_fn=None, batch_size=1, weight=None, progress=True, channels_last=False,
-                  amp=False):
+                  amp=None):
     """Segment and score every case of `cases`, an iterable of (case_id, image (X,Y,Z), label (X,Y,Z)).
 
     lcc: keep only the largest connected component per class before scoring. save_fn(case_id, pred, image, label,

@@ -15,11 +15,27 @@ def seed_everything(seed, deterministic=True):
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
+    set_cudnn(deterministic)
+
+
+def set_cudnn(deterministic):
+    """deterministic: cuDNN's deterministic algorithms, picked without timing, so a run repeats bit for bit;
+    otherwise benchmark mode, which times the candidate algorithms once per input shape and keeps the fastest
+    (the pick may differ between processes, and with it the last bits)."""
+    torch.backends.cudnn.deterministic = bool(deterministic)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def set_tf32(enabled):
+    """--tf32: float32 convolutions (cuDNN) and matrix products (CUDA) in TensorFloat-32, whose products keep 10
+    mantissa bits instead of 23 (1), or in true float32 (0). Set both ways explicitly: cuDNN's own default is
+    TF32 for convolutions on Ampere and later, so float32 there would otherwise not be float32. No effect on
+    the CPU."""
+    precision = 'tf32' if enabled else 'ieee'
+    # conv and rnn alike: torch refuses to read cuDNN's overall TF32 flag while the two differ
+    torch.backends.cudnn.conv.fp32_precision = precision
+    torch.backends.cudnn.rnn.fp32_precision = precision
+    torch.backends.cuda.matmul.fp32_precision = precision
 
 
 def seed_worker(worker_id):

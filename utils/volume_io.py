@@ -53,11 +53,11 @@ def is_scan(path):
     return Path(path).is_dir() or volume_suffix(path) in SCAN_SUFFIXES
 
 
-def read_scan_input(path):
+def read_scan_input(path, series=None):
     """(array as stored, float32; 4x4 affine in RAS mm; voxel size in mm per stored axis) of a NIfTI or NRRD
-    file or a CT DICOM series folder."""
+    file or a CT DICOM series folder (series: the SeriesInstanceUID to read, --series)."""
     if Path(path).is_dir():
-        image, _, affine = read_ct_scan(path)
+        image, _, affine = read_ct_scan(path, series)
     else:
         image, affine = read_scan(path)
     return np.asarray(image, dtype=np.float32), affine, axis_spacing(affine[:3, :3].T)

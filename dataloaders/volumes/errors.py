@@ -4,6 +4,7 @@ import importlib
 
 class VolumeError(ValueError):
     """A file, folder or case cannot be imported; the message is one line naming it and the problem."""
+    user_error = True  # utils.cli.run_cli prints the message as one line, no traceback
 
 
 def require(module, package, path, what):
