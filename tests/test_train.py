@@ -582,8 +582,9 @@ def test_a_resume_must_match_every_flag_but_run_control():
     assert RUN_CONTROL <= flags
     keys = run_keys(parser)
     assert sorted(keys) == sorted(flags - RUN_CONTROL)
-    for flag in ('normalize', 'filter', 'ramp_unsup', *WEIGHTS, 'seed', 'amp', 'deterministic', 'sync_bn', 'channels_last',
-                 'uncertain_percent', 'conf_thresh', 'contrast_tau', 'contrast_samples', 'ema_decay', 'consistency'):
+    for flag in ('normalize', 'filter', 'ramp_unsup', *WEIGHTS, 'seed', 'uncertain_percent', 'conf_thresh',
+                 'contrast_tau', 'contrast_samples', 'ema_decay', 'consistency',
+                 'amp', 'deterministic', 'sync_bn', 'channels_last', 'tf32'):  # each changes the numbers
         assert flag in keys, flag
     # refusing a changed --filter / --lambda_cps: tests/test_robustness.py, resume_other_*
 

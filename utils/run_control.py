@@ -28,12 +28,12 @@ from torch.utils.data import DataLoader
 from dataloaders import IterationBatchSampler
 from utils.checkpoint import save_checkpoint
 from utils.collapse import CollapseWatch
-from utils.config import PRESETS, env_rank, init_distributed, select_device, use_channels_last
+from utils.config import PRESETS, amp_dtype, env_rank, init_distributed, select_device, use_channels_last
 from utils.inference import test_single_case
 from utils.metrics import calculate_metric_percase
 from utils.resume import resume_point
 from utils.run_log import RunRecords, host_values, setup_logger
-from utils.seeding import rng_states, seed_everything
+from utils.seeding import rng_states, seed_everything, set_tf32
 from utils.signals import StopSignals, worker_init
 
 
@@ -55,7 +55,7 @@ def validate(eval_nets, cases, cfg, device):
         sample = cases[i]
         pred, _ = test_single_case(eval_nets, sample['image'], preset['stride_xy'], preset['stride_z'],
                                    cfg['patch_size'], cfg['num_classes'], device=device,
-                                   channels_last=cfg['channels_last'], amp=cfg['amp'])
+                                   channels_last=cfg['channels_last'], amp=amp_dtype(device) if cfg['amp'] else None)
         dices.append(calculate_metric_percase(pred > 0, sample['label'] > 0)[0])
     for net in eval_nets:
         net.train()
@@ -72,7 +72,8 @@ class RunControl:
     every call (they synchronise under torchrun); rank 0 alone writes files."""
 
     def __init__(self, cfg, run_keys):
-        """Pick the device (cfg['channels_last'] resolved on it), join torchrun's process group, seed."""
+        """Pick the device (cfg['channels_last'] resolved on it), join torchrun's process group, seed, and set
+        cuDNN's determinism and TF32 as the flags say."""
         self.cfg, self.run_keys = cfg, run_keys
         self.rank, self.world_size, local_rank = env_rank()
         self.is_main = self.rank == 0
@@ -81,6 +82,7 @@ class RunControl:
         if self.world_size > 1:
             init_distributed(self.device)
         seed_everything(cfg['seed'], bool(cfg['deterministic']))
+        set_tf32(cfg['tf32'])
         self.dir = Path(cfg['snapshot_path'])
         self.start_iteration, self.best, self.stop, self.t0 = 0, None, None, None
 
@@ -155,10 +157,14 @@ class RunControl:
     def record(self, it, lr, record, extra, image, label):
         """One iterations.csv row ({'lr', *record, *extra}, the row train.py documents) to every record; stops
         the run on a non-finite loss term; feeds the collapse watch; TensorBoard slice pictures of the batch."""
-        values = host_values(record, it, self.dir)
+        # the winner, a device tensor, goes to the host with the record in host_values' one copy
+        values = host_values({**record, **{k: v for k, v in extra.items() if torch.is_tensor(v)}}, it, self.dir)
+        row = {'lr': lr, **values, **extra}
+        if 'winner' in row:
+            row['winner'] = 'A' if values['winner'] else 'B'
         if self.makes_pseudo:
             self.records.warn(self.watch.update(values['pseudo_fg'], values['label_fg']))
-        self.records.write(it, {'lr': lr, **values, **extra})
+        self.records.write(it, row)
         cfg = self.cfg
         if cfg['image_every'] and (it + 1) % cfg['image_every'] == 0:
             self.records.board.slices(it, {n: self.nets[n] for n in ('net_a', 'net_b', 'ema') if n in self.nets},
