@@ -24,6 +24,7 @@ from losses import (FILTER_MODES, confident_disagreement, cosine_consistency_los
 from utils.cli import OneLineParser, run_cli
 from utils.config import (PRESETS, RUN_CONTROL, add_common_args, amp_dtype, build_net, check_config, check_split,
                           resolve, run_keys)
+from utils.precision import check_cpu_amp
 from utils.ramps import sigmoid_rampup
 from utils.run_control import RunControl, mean_over_ranks
 from utils.seeding import step_generator
@@ -322,6 +323,7 @@ def main(argv=None):
     check_config(cfg)
     run = RunControl(cfg, run_keys(build_parser()))  # the device, torchrun's process group, the seeds
     amp = amp_dtype(run.device) if cfg['amp'] else None
+    check_cpu_amp(amp, run.device, cfg['patch_size'], cfg['n_filters'], cfg['channels_last'])
 
     # --- data: check the folder first; the import recipe travels with the model (test.py --input applies it) ---
     train_set, val_set = load_data(cfg, run)

@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import require_extra
 from dataloaders.datasets import LA_SUBDIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,7 +89,7 @@ def test_missing_root_and_list_are_one_line(tmp_path, good_folder, capsys):
 
 
 def test_stats_flag_the_case_scaled_down_4x_and_png_writes_one_picture_per_case(tmp_path, capsys):
-    plt_image = pytest.importorskip('matplotlib.image')
+    plt_image = require_extra('matplotlib.image')
     from dataloaders.check import main
     base = np.random.default_rng(0).standard_normal((8, 8, 8)).astype(np.float32)
     # scales within 2x of the median case's (1.0) pass; the one 4x smaller is flagged

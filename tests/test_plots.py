@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ITERATION_COLUMNS
+from conftest import ITERATION_COLUMNS, require_extra
 from utils import plot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,14 +25,14 @@ def load_benchmark(name):
 
 
 def png_shape(path):
-    return pytest.importorskip('matplotlib.image').imread(path).shape
+    return require_extra('matplotlib.image').imread(path).shape
 
 
 @pytest.fixture
 def saved_figures(monkeypatch):
     """Every matplotlib Figure saved during the test, in order, so a test can read back what was drawn (the
     PNG's size says nothing about its content)."""
-    figure = pytest.importorskip('matplotlib.figure')
+    figure = require_extra('matplotlib.figure')
     saved, savefig = [], figure.Figure.savefig
 
     def record(fig, *args, **kwargs):
@@ -60,6 +60,7 @@ def write_run(folder, method, rows, max_iterations, cut_last_line=False):
 
 @pytest.mark.parametrize('method,size', [('dual', (660, 1600)), ('sup', (360, 1200))])
 def test_curves_of_a_finished_and_an_unfinished_run(tmp_path, method, size):
+    require_extra('matplotlib')
     for name, rows, total, cut in (('finished', 30, 30, False), ('running', 12, 100, True)):
         run = write_run(tmp_path / name, method, rows, total, cut)
         assert plot.main([str(run)]) == 0
@@ -101,6 +102,7 @@ def test_curves_draw_each_column_under_its_name(tmp_path, saved_figures):
 
 
 def test_cases_png_with_an_empty_prediction(tmp_path):
+    require_extra('matplotlib')
     run = write_run(tmp_path / 'run', 'dual', 5, 5)
     with open(run / 'test_cases.csv', 'w', newline='') as f:
         f.write('case,dice,jaccard,hd95,asd,empty,gt_empty\n'

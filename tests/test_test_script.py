@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import require_extra
 from dataloaders import normalize_intensity
 from dataloaders.datasets import LA_SUBDIR
 from dataloaders.synthetic import make_synthetic_dataset
@@ -304,9 +305,8 @@ def test_nifti_without_nibabel_says_how_to_install(tmp_path, capsys):
     assert 'pip install nibabel' in one_line_error(capsys)
 
 
-@pytest.mark.skipif(importlib.util.find_spec('nibabel') is None, reason='nibabel (optional) is not installed')
 def test_nifti_input_and_predictions_when_nibabel_is_installed(phantoms, tmp_path, capsys):
-    import nibabel as nib
+    nib = require_extra('nibabel')
     vnet, _ = published_nets(phantoms)
     torch.save(vnet.state_dict(), tmp_path / 'vnet.pth')
     flags = data_flags(phantoms) + ['--vnet_ckpt', str(tmp_path / 'vnet.pth'), '--n_filters', '2', '--patch_size',
@@ -332,7 +332,7 @@ def test_nifti_input_and_predictions_when_nibabel_is_installed(phantoms, tmp_pat
 
 
 def test_save_png_writes_one_picture_per_case_also_for_an_empty_prediction(phantoms, tmp_path):
-    plt_image = pytest.importorskip('matplotlib.image')
+    plt_image = require_extra('matplotlib.image')
     vnet, _ = published_nets(phantoms)
     with torch.no_grad():
         vnet.out_conv.bias[1] = -100.0  # background everywhere: every prediction is empty

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 import train
 from dataloaders import (Compose, H5Dataset, IterationBatchSampler, RandomCrop, ToTensor, TwoStreamBatchSampler,
                          normalize_intensity)
-from conftest import ITERATION_COLUMNS, train_argv
+from conftest import ITERATION_COLUMNS, require_extra, train_argv
 from losses import supervised_loss
 from networks import ResNet34VNet, VNet
 from utils.cli import UsageError
@@ -136,31 +135,25 @@ def two_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
 
 
-def test_gpu_under_torchrun_is_the_local_rank_or_the_cpu(two_gpus):
-    with warnings.catch_warnings():
-        warnings.simplefilter('error')  # none of these warns
-        assert [select_device(g, 1) for g in ('-1', 'cpu', '0')] == [torch.device('cpu')] * 2 + [
-            torch.device('cuda', 1)]
-        assert select_device('1', 1) == torch.device('cuda', 1)  # local rank 0 alone warns, once for the run
-        assert select_device('0', None) == torch.device('cuda', 0)  # no torchrun: the flag's index
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        assert select_device('1', 0) == torch.device('cuda', 0)
-    assert len(caught) == 1 and '--gpu 1 is replaced' in str(caught[0].message)
-    assert 'LOCAL_RANK' in str(caught[0].message)
+def test_gpu_under_torchrun_is_the_local_rank_or_the_cpu(two_gpus, capsys):
+    assert [select_device(g, 1) for g in ('-1', 'cpu', '0')] == [torch.device('cpu')] * 2 + [torch.device('cuda', 1)]
+    assert select_device('1', 1) == torch.device('cuda', 1)  # local rank 0 alone warns, once for the run
+    assert select_device('0', None) == torch.device('cuda', 0)  # no torchrun: the flag's index
+    assert capsys.readouterr().err == ''  # none of these warns
+    assert select_device('1', 0) == torch.device('cuda', 0)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith('warning: --gpu 1 is replaced') and 'LOCAL_RANK' in lines[0]
     with pytest.raises(UsageError, match='LOCAL_RANK 2: only 2 CUDA'):
         select_device('0', 2)
     with pytest.raises(UsageError, match='--gpu 0,1: under torchrun'):
         select_device('0,1', 0)
 
 
-def test_gpu_index_without_cuda_falls_back_to_cpu_with_one_warning(phantoms, tmp_path, monkeypatch):
+def test_gpu_index_without_cuda_falls_back_to_cpu_with_one_warning(phantoms, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        train.main(args(phantoms, tmp_path / 'run', method='sup', gpu=0, max_iterations=1))
-    cuda = [w for w in caught if 'CUDA' in str(w.message)]
-    assert len(cuda) == 1 and 'CPU' in str(cuda[0].message)
+    train.main(args(phantoms, tmp_path / 'run', method='sup', gpu=0, max_iterations=1))
+    cuda = [line for line in capsys.readouterr().err.splitlines() if 'CUDA' in line]
+    assert cuda == ['warning: --gpu 0: CUDA is not available, running on the CPU']
     assert 'device cpu' in (tmp_path / 'run' / 'log.txt').read_text()
 
 
@@ -500,15 +493,20 @@ def test_resume_is_bit_exact_with_any_num_workers(phantoms, reference, tmp_path,
 
 @pytest.mark.parametrize('flags', [['--channels_last', '0'], ['--amp'], ['--amp', '--channels_last', '0']],
                          ids=['contiguous', 'amp', 'amp-contiguous'])
-def test_resume_is_bit_exact_in_contiguous_format_and_with_cpu_amp(phantoms, reference, tmp_path, flags):
+def test_resume_is_bit_exact_in_contiguous_format_and_with_cpu_amp(phantoms, tmp_path, flags):
     full, resumed = tmp_path / 'full', tmp_path / 'resumed'
-    train.main(args(phantoms, full, *flags, max_iterations=8, save_every=4))
-    if '--amp' in flags:  # on the CPU --amp trains in bfloat16: not the float32 weights
-        assert not torch.equal(load(full / 'final.pth')['net_a']['block_one.conv.0.weight'],
-                               load(reference / 'final.pth')['net_a']['block_one.conv.0.weight'])
+    # --amp at 48x48x32: V-Net levels down to 3x3x2, clear of the 2x2x1 and 2x2x2 at which some CPUs' bfloat16
+    # weight gradients are wrong (utils/precision.py; train.py refuses --amp there)
+    patch = dict(patch_size='48,48,32') if '--amp' in flags else {}
+    train.main(args(phantoms, full, *flags, max_iterations=8, save_every=4, **patch))
+    if '--amp' in flags:  # on the CPU --amp trains in bfloat16: not the float32 weights of the same 4 steps
+        float32 = [f for f in flags if f != '--amp']
+        train.main(args(phantoms, tmp_path / 'float32', *float32, max_iterations=4, rampup=8, **patch))
+        assert not torch.equal(load(full / 'latest.pth')['net_a']['block_one.conv.0.weight'],
+                               load(tmp_path / 'float32' / 'final.pth')['net_a']['block_one.conv.0.weight'])
     resumed.mkdir()
     shutil.copy(full / 'latest.pth', resumed / 'latest.pth')
-    train.main(args(phantoms, resumed, *flags, '--resume', 'auto', max_iterations=8))
+    train.main(args(phantoms, resumed, *flags, '--resume', 'auto', max_iterations=8, **patch))
     assert_same_run(load(full / 'final.pth'), load(resumed / 'final.pth'))
 
 
@@ -647,7 +645,7 @@ def tensorboard_events(run):
 
 
 def test_tensorboard_holds_the_csv_values_and_a_resume_adds_no_duplicate_step(phantoms, reference, tmp_path):
-    pytest.importorskip('tensorboard')
+    require_extra('tensorboard')
     run = tmp_path / 'run'
     flags = dict(max_iterations=8, save_every=4, image_every=4)
     train.main(args(phantoms, run, '--tensorboard', **flags))

@@ -10,8 +10,9 @@ to log, which device): the latter live in the argument group titled RUN_CONTROL,
 must match the checkpoint's value of every other flag (`run_keys`).
 """
 import argparse
+import math
 import os
-import warnings
+import sys
 from pathlib import Path
 
 import torch
@@ -121,6 +122,34 @@ def use_channels_last(flag, device):
     return device.type == 'cpu' if flag is None else bool(flag)
 
 
+# A run sized for a CPU, as measured: 800 dual iterations of batches of 4 64x64x32 patches at n_filters 4 took
+# 15.9 minutes on one core (docs/results.md, LA at CPU scale, 800 iterations). A step's cost grows about as
+# batch x patch voxels x n_filters^2 (convolutions), a run's as that times its iterations.
+CPU_RUN = dict(patch_size=(64, 64, 32), n_filters=4, max_iterations=800, lr_step=333, batch_size=4)
+CPU_RUN_MINUTES = 15.9
+
+
+def cpu_cost_warning(cfg, device):
+    """Two lines for a run of the preset's full size (its patch, n_filters 16) that --gpu sent to the CPU
+    because CUDA is missing: about how long it takes there, and the flags of a run sized for a CPU. None for
+    any other run (CUDA, --gpu -1, the synthetic preset, a patch or width of the user's choice)."""
+    if device.type != 'cpu' or str(cfg['gpu']).strip().lower() in ('-1', 'cpu') or cfg['dataset'] == 'synthetic':
+        return None
+    if tuple(cfg['patch_size']) != PRESETS[cfg['dataset']]['patch_size'] or cfg['n_filters'] != DEFAULTS['n_filters']:
+        return None
+    work = (cfg['max_iterations'] / CPU_RUN['max_iterations'] * cfg['batch_size'] / CPU_RUN['batch_size']
+            * math.prod(cfg['patch_size']) / math.prod(CPU_RUN['patch_size'])
+            * (cfg['n_filters'] / CPU_RUN['n_filters']) ** 2)
+    patch = 'x'.join(map(str, cfg['patch_size']))
+    flags = ' '.join(f'--{k} {",".join(map(str, v)) if isinstance(v, tuple) else v}'
+                     for k, v in CPU_RUN.items() if k != 'batch_size')
+    return (f'warning: {cfg["max_iterations"]} iterations of {patch} patches at n_filters {cfg["n_filters"]} '
+            f'are about {work * CPU_RUN_MINUTES / 60:.0f} hours on one CPU core (a GPU job, {work:.0f}x a '
+            f'CPU-sized run)\n'
+            f'warning: sized for a CPU (about {CPU_RUN_MINUTES:.0f} min on one core): add {flags}; '
+            f'or --gpu -1 to train the full size here')
+
+
 def select_device(gpu, local_rank=None):
     """'-1'/'cpu' -> CPU; 'N' -> cuda:N, falling back to the CPU with one warning when CUDA is absent.
 
@@ -135,8 +164,8 @@ def select_device(gpu, local_rank=None):
             raise UsageError(f'--gpu {gpu}: under torchrun each process uses the GPU of its LOCAL_RANK; choose the '
                              f'GPUs with CUDA_VISIBLE_DEVICES, or pass --gpu -1 for the CPU')
         if gpu != '0' and local_rank == 0:
-            warnings.warn(f'--gpu {gpu} is replaced under torchrun: each process uses the GPU of its LOCAL_RANK '
-                          f'(process i: cuda:i); choose the GPUs with CUDA_VISIBLE_DEVICES', stacklevel=2)
+            print(f'warning: --gpu {gpu} is replaced under torchrun: each process uses the GPU of its LOCAL_RANK '
+                  f'(process i: cuda:i); choose the GPUs with CUDA_VISIBLE_DEVICES', file=sys.stderr)
         if not torch.cuda.is_available():
             return torch.device('cpu')
         if local_rank >= torch.cuda.device_count():
@@ -150,7 +179,7 @@ def select_device(gpu, local_rank=None):
     if not gpu.isdigit():
         raise UsageError(f'--gpu {gpu}: expected a CUDA index, -1 or cpu')
     if not torch.cuda.is_available():
-        warnings.warn(f'--gpu {gpu}: CUDA is not available, running on the CPU', stacklevel=2)
+        print(f'warning: --gpu {gpu}: CUDA is not available, running on the CPU', file=sys.stderr)
         return torch.device('cpu')
     if int(gpu) >= torch.cuda.device_count():
         raise UsageError(f'--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s) visible')

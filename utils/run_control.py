@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader
 from dataloaders import IterationBatchSampler
 from utils.checkpoint import save_checkpoint
 from utils.collapse import CollapseWatch
-from utils.config import PRESETS, amp_dtype, env_rank, init_distributed, select_device, use_channels_last
+from utils.config import (PRESETS, amp_dtype, cpu_cost_warning, env_rank, init_distributed, select_device,
+                          use_channels_last)
 from utils.inference import test_single_case
 from utils.metrics import calculate_metric_percase
 from utils.resume import resume_point
@@ -81,6 +82,8 @@ class RunControl:
         cfg['channels_last'] = use_channels_last(cfg['channels_last'], self.device)
         if self.world_size > 1:
             init_distributed(self.device)
+        if self.is_main and (cost := cpu_cost_warning(cfg, self.device)):
+            print(cost, file=sys.stderr)
         seed_everything(cfg['seed'], bool(cfg['deterministic']))
         set_tf32(cfg['tf32'])
         self.dir = Path(cfg['snapshot_path'])
