@@ -168,6 +168,8 @@ def check_reusable(run_dir, argv):
     than the run, differs."""
     saved = json.loads((run_dir / 'config.json').read_text())
     cfg = train.parse_args(argv)
+    # no --channels_last: train.py resolved it on its device, this machine's as the study runs on one
+    cfg['channels_last'] = saved.get('channels_last') if cfg['channels_last'] is None else bool(cfg['channels_last'])
     differ = [k for k in run_keys(train.build_parser())
               if k not in saved or json.dumps(saved[k]) != json.dumps(cfg[k])]
     if differ:

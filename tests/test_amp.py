@@ -122,16 +122,17 @@ def test_dual_step_under_autocast_is_finite_and_trains_both_networks(dtype, chan
     spatial = (48, 48, 32) if dtype == torch.bfloat16 else (16, 16, 16)
     image = torch.randn(4, 1, *spatial).contiguous(memory_format=fmt)
     label = (torch.rand(4, *spatial) > 0.6).long()
-    cfg = dict(labeled_bs=2, conf_thresh=0.5, uncertain_percent=20, filter='global', ramp_unsup=1,
-               max_iterations=10, contrast_tau=0.1, contrast_samples=64, rampup=10,
+    cfg = dict(labeled_bs=2, conf_thresh=0.5, uncertain_percent=20, cps_filter='global', ramp_unsup=1,
+               contrast_tau=0.1, contrast_samples=64, rampup=10,
                alpha_mc=0.5, lambda_reg=1.0, lambda_urps=1.0, lambda_cps=1.0, lambda_con=0.1)
-    with torch.autocast('cpu', dtype=dtype):
-        total, record, _ = train.dual_losses(net_a(image), net_b(image), label, cfg, 10, torch.Generator(), 1)
+    # optimisers at lr 0: the step's backward pass leaves its gradients, the weights stay
+    opt_a, opt_b = (torch.optim.SGD(net.parameters(), lr=0.0) for net in (net_a, net_b))
+    _, record, _ = train.dual_step(net_a, net_b, opt_a, opt_b, train.grad_scaler(None), image, label, 10,
+                                   torch.Generator(), amp=dtype, **cfg)
     for name, value in record.items():
         assert torch.isfinite(value), name
     for term in ('mc_a', 'reg', 'urps', 'cps_a', 'con'):
         assert record[term] != 0, term  # every term is on and computed
-    total.backward()
     for net in (net_a, net_b):
         grads = [p.grad for p in net.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads)

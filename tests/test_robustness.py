@@ -223,6 +223,10 @@ BAD = {
                             ['given.pth', 'filter', 'global', 'classwise']),
     'resume_other_lambda_cps': (None, checkpoint_with(lambda c: None), ['--resume', GIVEN, '--lambda_cps', '0.5'],
                                 ['given.pth', 'lambda_cps', '1.0', '0.5']),
+    'resume_other_amp': (None, checkpoint_with(lambda c: c['config'].update(amp=True)), ['--resume', GIVEN],
+                         ['given.pth', 'amp true, now false']),
+    'resume_other_memory_format': (None, checkpoint_with(lambda c: None), ['--resume', GIVEN, '--channels_last', '0'],
+                                   ['given.pth', 'channels_last true, now false']),
     'run_folder_holds_checkpoints': (None, existing_run, [], ['already holds checkpoints', '--resume auto']),
 }
 

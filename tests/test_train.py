@@ -28,6 +28,7 @@ from networks import ResNet34VNet, VNet
 from utils.cli import UsageError
 from utils.checkpoint import CheckpointError, save_checkpoint
 from utils.config import run_keys, select_device
+from utils import run_control
 from utils.run_log import IterationCSV
 from utils.seeding import seed_everything
 
@@ -162,11 +163,37 @@ WEIGHTS = ('alpha_mc', 'lambda_reg', 'lambda_urps', 'lambda_cps', 'lambda_con')
 
 
 def term_cfg(**on):
+    """train.dual_step's settings, every weight 0 but those in `on`."""
     cfg = dict(labeled_bs=2, conf_thresh=0.5, uncertain_percent=20, contrast_tau=0.1, contrast_samples=64,
-               rampup=10, max_iterations=10, filter='classwise', ramp_unsup=False,
-               **{w: 0.0 for w in WEIGHTS})
+               rampup=10, cps_filter='classwise', ramp_unsup=False, **{w: 0.0 for w in WEIGHTS})
     cfg.update(on)
     return cfg
+
+
+class NoBackward:
+    """A gradient scaler and optimiser that do nothing: dual_step's terms keep their graphs for the test to ask
+    which network each term's gradient reaches, and no weight moves."""
+
+    def scale(self, loss):
+        return self
+
+    def backward(self):
+        pass
+
+    def zero_grad(self, set_to_none=True):
+        pass
+
+    def step(self, optimizer):
+        pass
+
+    def update(self):
+        pass
+
+
+def dual_terms(net_a, net_b, image, label, cfg, it):
+    """train.dual_step's (total, record, extra) on the tiny pair, without its backward pass and steps."""
+    idle = NoBackward()
+    return train.dual_step(net_a, net_b, idle, idle, idle, image, label, it, torch.Generator(), **cfg)
 
 
 @pytest.fixture(scope='module')
@@ -213,7 +240,7 @@ def test_each_term_reaches_exactly_the_networks_method_md_says(tiny_pair, monkey
     monkeypatch.setattr(train, 'supervised_loss', biased)
 
     cfg = term_cfg(**({weight: 1.0} if weight else {}))
-    total, record, extra = train.dual_losses(net_a(image), net_b(image), label, cfg, 5, torch.Generator(), 1)
+    total, record, extra = dual_terms(net_a, net_b, image, label, cfg, 5)
     assert ('A' if extra['winner'] else 'B') == winner
     expected = {'A', 'B'} - {winner} if nets == 'loser' else set(nets)
     assert grads(record[term], net_a, net_b) == expected
@@ -236,7 +263,7 @@ def test_total_weighs_each_term_by_its_own_weight_and_ramps_reg_urps_and_cps_onl
     net_a, net_b, image, label = tiny_pair
     w = dict(alpha_mc=0.3, lambda_reg=0.7, lambda_urps=1.9, lambda_cps=2.9, lambda_con=0.45)
     cfg = term_cfg(ramp_unsup=ramp_unsup, **w)
-    total, r, extra = train.dual_losses(net_a(image), net_b(image), label, cfg, 3, torch.Generator(), 1)
+    total, r, extra = dual_terms(net_a, net_b, image, label, cfg, 3)
     ramp = math.exp(-5 * (1 - 3 / 10) ** 2)  # sigmoid ramp at iteration 3 of 10
     assert extra['lambda_con'] == pytest.approx(0.45 * ramp)
     assert extra['unsup_weight'] == pytest.approx(ramp if ramp_unsup else 1.0)
@@ -261,9 +288,11 @@ def test_winner_picked_on_the_device_gives_the_terms_of_the_python_choice_exactl
         calls.append(None)
         return sup, dice + bias[len(calls) - 1]
     monkeypatch.setattr(train, 'supervised_loss', biased)
-    cfg = term_cfg(lambda_urps=1.0, lambda_con=1.0, lambda_cps=1.0, filter='global')
-    out_a, out_b = net_a(image), net_b(image)
-    _, record, extra = train.dual_losses(out_a, out_b, label, cfg, 5, torch.Generator().manual_seed(4), 1)
+    cfg = term_cfg(lambda_urps=1.0, lambda_con=1.0, lambda_cps=1.0, cps_filter='global')
+    out_a, out_b = net_a(image), net_b(image)  # no dropout: the outputs dual_step computes, bit for bit
+    idle = NoBackward()
+    _, record, extra = train.dual_step(net_a, net_b, idle, idle, idle, image, label, 5,
+                                       torch.Generator().manual_seed(4), **cfg)
     assert bool(extra['winner']) == (winner == 'A')
     (la, fa), (lb, fb) = out_a, out_b
     pa, pb = torch.softmax(la.float(), 1), torch.softmax(lb.float(), 1)
@@ -306,7 +335,7 @@ def test_a_training_step_never_waits_for_the_device(tiny_pair, monkeypatch, meth
     def cuda_one_hot(x, num_classes):  # F.one_hot's CUDA path: on the CPU only it reads min and max to check x
         return torch.zeros(*x.shape, num_classes, dtype=torch.long).scatter_(-1, x.unsqueeze(-1), 1)
     monkeypatch.setattr(torch.nn.functional, 'one_hot', cuda_one_hot)
-    cfg = {**term_cfg(alpha_mc=0.5, lambda_reg=1.0, lambda_urps=1.0, lambda_cps=1.0, filter=filter_mode),
+    cfg = {**term_cfg(alpha_mc=0.5, lambda_reg=1.0, lambda_urps=1.0, lambda_cps=1.0), 'filter': filter_mode,
            'method': method, 'ema_decay': 0.99, 'consistency': 0.1, 'base_lr': 0.01}
     nets = {'dual': {'net_a': net_a, 'net_b': net_b}, 'mt': {'net_a': net_a, 'ema': train.copy.deepcopy(net_a)},
             'sup': {'net_a': net_a}}[method]
@@ -351,17 +380,17 @@ def test_add_noise_is_the_clipped_gaussian_of_the_mean_teacher():
 @pytest.mark.parametrize('filter_mode', ['global', 'classwise', 'none'])
 def test_cps_variants_reach_exactly_their_own_network(tiny_pair, filter_mode):
     net_a, net_b, image, label = tiny_pair
-    cfg = term_cfg(lambda_cps=1.0, filter=filter_mode)
-    total, record, extra = train.dual_losses(net_a(image), net_b(image), label, cfg, 5, torch.Generator(), 1)
+    cfg = term_cfg(lambda_cps=1.0, cps_filter=filter_mode)
+    total, record, extra = dual_terms(net_a, net_b, image, label, cfg, 5)
     assert grads(record['cps_a'], net_a, net_b) == {'A'} and grads(record['cps_b'], net_a, net_b) == {'B'}
     assert (record['reliable'] == 1) == (filter_mode == 'none')
     assert 0 < record['pseudo_fg'] < 1 and 0 <= record['reliable_fg'] <= 1
 
 
-def test_dual_losses_returns_what_its_docstring_says(tiny_pair):
+def test_dual_step_returns_what_its_docstring_says(tiny_pair):
     net_a, net_b, image, label = tiny_pair
     cfg = term_cfg(**{w: 1.0 for w in WEIGHTS})
-    result = train.dual_losses(net_a(image), net_b(image), label, cfg, 5, torch.Generator(), 1)
+    result = dual_terms(net_a, net_b, image, label, cfg, 5)
     assert isinstance(result, tuple) and len(result) == 3
     total, record, extra = result
     assert list(record) == ITERATION_COLUMNS['dual'][1:17] and record['loss'] is total
@@ -404,7 +433,7 @@ def test_terms_at_weight_zero_are_not_computed(tiny_pair, monkeypatch, off):
         monkeypatch.setattr(train, name, refuse)
     cfg = term_cfg(**{w: (0.0 if w in off else 1.0) for w in WEIGHTS})
     with torch.no_grad():
-        total, record, _ = train.dual_losses(net_a(image), net_b(image), label, cfg, 5, torch.Generator(), 1)
+        total, record, _ = dual_terms(net_a, net_b, image, label, cfg, 5)
     assert torch.isfinite(total)
 
 
@@ -541,9 +570,8 @@ def test_run_folder_with_checkpoints_is_refused_without_resume(phantoms, referen
 
 
 # Flags that change how a run runs, not what it computes: a resume may change them (written out here).
-RUN_CONTROL = {'root_path', 'pattern', 'exp', 'snapshot_path', 'gpu', 'debug', 'deterministic', 'num_workers',
-               'save_every', 'log_every', 'resume', 'val_list', 'val_every', 'amp', 'channels_last', 'sync_bn',
-               'tensorboard', 'image_every'}
+RUN_CONTROL = {'root_path', 'pattern', 'exp', 'snapshot_path', 'gpu', 'debug', 'num_workers', 'save_every',
+               'log_every', 'resume', 'val_list', 'val_every', 'tensorboard', 'image_every'}
 
 
 def test_a_resume_must_match_every_flag_but_run_control():
@@ -552,8 +580,9 @@ def test_a_resume_must_match_every_flag_but_run_control():
     assert RUN_CONTROL <= flags
     keys = run_keys(parser)
     assert sorted(keys) == sorted(flags - RUN_CONTROL)
-    for flag in ('normalize', 'filter', 'ramp_unsup', *WEIGHTS, 'seed',
-                 'uncertain_percent', 'conf_thresh', 'contrast_tau', 'contrast_samples', 'ema_decay', 'consistency'):
+    for flag in ('normalize', 'filter', 'ramp_unsup', *WEIGHTS, 'seed', 'uncertain_percent', 'conf_thresh',
+                 'contrast_tau', 'contrast_samples', 'ema_decay', 'consistency',
+                 'amp', 'deterministic', 'sync_bn', 'channels_last', 'tf32'):  # each changes the numbers
         assert flag in keys, flag
     # refusing a changed --filter / --lambda_cps: tests/test_robustness.py, resume_other_*
 
@@ -570,12 +599,12 @@ def test_resume_with_other_run_control_flags_is_the_same_run(phantoms, reference
 
 
 def test_a_new_logged_value_gets_its_csv_column(phantoms, tmp_path, monkeypatch):
-    real = train.dual_losses
+    real = train.dual_step
 
     def with_new_term(*a, **k):
         total, record, extra = real(*a, **k)
         return total, {**record, 'new_term': 2 * record['loss']}, {**extra, 'new_extra': 'x'}
-    monkeypatch.setattr(train, 'dual_losses', with_new_term)
+    monkeypatch.setattr(train, 'dual_step', with_new_term)
     run = tmp_path / 'run'
     train.main(args(phantoms, run, max_iterations=2))
     rows = read_csv(run / 'iterations.csv')
@@ -796,7 +825,7 @@ def test_best_pth_survives_a_resume_when_later_validations_are_worse(phantoms, t
         if score == 'stop':
             raise KeyboardInterrupt
         return score
-    monkeypatch.setattr(train, 'validate', scripted)
+    monkeypatch.setattr(run_control, 'validate', scripted)
     run = tmp_path / 'run'
     flags = dict(max_iterations=8, save_every=2, val_every=2)
     with pytest.raises(KeyboardInterrupt):

@@ -74,9 +74,10 @@ def add_common_args(parser, control=None):
     parser.add_argument('--n_filters', type=int, default=None)
     parser.add_argument('--num_classes', type=int, default=None)
     control.add_argument('--gpu', default='0', help='CUDA index; -1 or cpu for the CPU')
-    control.add_argument('--channels_last', type=int, choices=[0, 1], nargs='?', const=1, default=None,
-                         help='channels_last_3d networks and inputs: 1 or 0 (default: 1 on the CPU, where it is '
-                              'faster with the same labels; 0 on CUDA, not yet measured there)')
+    # a run key: other kernels round differently, so a resume in the other format would not be bit-exact
+    parser.add_argument('--channels_last', type=int, choices=[0, 1], nargs='?', const=1, default=None,
+                        help='channels_last_3d networks and inputs: 1 or 0 (default: 1 on the CPU, where it is '
+                             'faster with the same labels; 0 on CUDA, not yet measured there)')
     parser.add_argument('--seed', type=int, default=1337)
     parser.add_argument('--tf32', type=int, choices=[0, 1], default=0,
                         help='1: float32 convolutions and matrix products on CUDA in TensorFloat-32 (factors rounded '
