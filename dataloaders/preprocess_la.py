@@ -36,8 +36,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .datasets import LA_SUBDIR, DatasetError, read_list
-from .volumes import (ReplacingDir, VolumeError, apply_steps, check_out_dir, finite_problem, label_box, make_recipe,
-                      number_problems, read_volume, size_problem, write_case_h5, write_list, write_recipe)
+from .volumes import (ReplacingDir, VolumeError, align_label, apply_steps, check_out_dir, finite_problem, label_box,
+                      make_recipe, number_problems, read_scan, size_problem, write_case_h5, write_list, write_recipe)
 from .volumes.args import command_line
 
 IMAGE_FILE, LABEL_FILE = 'lgemri.nrrd', 'laendo.nrrd'
@@ -104,6 +104,16 @@ def _read_ids(path):
         raise PreprocessError(str(e)) from None
 
 
+def read_raw_case(case_dir):
+    """(image, laendo) of a case folder, both as stored: the lineage indexes the stored array as (x, y, z),
+    so nothing is reoriented. The two headers are compared in world space (checks.align_label): a laendo.nrrd
+    stored in another orientation of the image's box is put on the image's grid, one off it is refused."""
+    image_path, label_path = Path(case_dir) / IMAGE_FILE, Path(case_dir) / LABEL_FILE
+    image, image_affine = read_scan(image_path)
+    laendo, label_affine = read_scan(label_path)
+    return image, align_label(laendo, label_affine, image.shape, image_affine, label_path, image_path)
+
+
 def find_cases(raw_dir):
     """Sorted ids of the folders in raw_dir holding lgemri.nrrd and/or laendo.nrrd.
 
@@ -155,9 +165,7 @@ def preprocess_la(raw_dir, out_dir, seed=1337, margin=(10, 20), min_extent=(112,
     # every case is written to a staging folder first: an error in the last case leaves out_dir as it was
     with ReplacingDir(out_dir) as stage:
         for index, case_id in enumerate(tqdm(ids, desc='preprocess_la', unit='case', disable=not progress)):
-            # the lineage indexes the stored array as (x, y, z): no reorientation
-            image, _ = read_volume(raw_dir / case_id / IMAGE_FILE, reorient=False)
-            laendo, _ = read_volume(raw_dir / case_id / LABEL_FILE, reorient=False)
+            image, laendo = read_raw_case(raw_dir / case_id)
             image, label, _ = preprocess_case(image, laendo, np.random.default_rng([seed, index]),
                                               margin, min_extent, zscore, name=f"case {case_id}")
             write_case_h5(stage.path / LA_SUBDIR / case_id / 'mri_norm2.h5', image, label)

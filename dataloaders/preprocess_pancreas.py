@@ -38,6 +38,7 @@ from .volumes import (ProblemList, ReplacingDir, VolumeError, apply_steps, check
                       make_recipe, number_problems, pad_to, read_ct_series, read_volume, resample_pair, size_problem,
                       write_case_h5, write_list, write_recipe)
 from .volumes.args import command_line, fail, numbers
+from .volumes.checks import geometry_difference
 
 PROG = 'preprocess_pancreas'
 WINDOW = (-125.0, 275.0)  # HU: level 75, width 400
@@ -84,12 +85,24 @@ def find_cases(label_dir, dicom_dir=None, nifti_dir=None):
 
 def read_case(image_source, label_path, from_dicom, series=None):
     """(HU float32 (X,Y,Z), label uint8 0/1 (X,Y,Z), spacing mm) in the label file's voxel order.
-    series: SeriesInstanceUIDs (--series) choosing among a case folder's CT series (dicom.read_ct_scan)."""
+    series: SeriesInstanceUIDs (--series) choosing among a case folder's CT series (dicom.read_ct_scan).
+
+    The image's array is taken to be in the label's voxel order (the DICOM stack runs the way InstanceNumber
+    runs), and the two are compared in shape and voxel size only, not in world space: the NIH label files do
+    not carry the DICOM series' world geometry (MC-Net gives the image the label's header; registration
+    users report the labels flipped in y against a converted image), so a world-space comparison would
+    refuse, or flip, every correctly matched case. docs/data.md, "What is checked".
+    """
     label, spacing = read_volume(label_path, reorient=False)
-    hu = read_ct_series(image_source, series)[0] if from_dicom else read_volume(image_source, reorient=False)[0]
+    hu, image_spacing = read_ct_series(image_source, series) if from_dicom else read_volume(image_source,
+                                                                                             reorient=False)
     if hu.shape != label.shape:
         raise VolumeError(f'{image_source}: image is {"x".join(map(str, hu.shape))} voxels but its label '
                           f'{label_path} is {"x".join(map(str, label.shape))}')
+    difference = geometry_difference(hu.shape, np.diag([*image_spacing, 1.0]), label.shape,
+                                     np.diag([*spacing, 1.0]), image_source)
+    if difference:
+        raise VolumeError(f'{label_path}: {difference}')
     for problem in (finite_problem(hu, image_source), finite_problem(label, label_path)):
         if problem:
             raise VolumeError(problem)

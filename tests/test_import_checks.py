@@ -301,6 +301,59 @@ def test_what_preprocess_la_refuses_is_one_line(tmp_path, case, flags, words):
     assert (case == 'old') == out.exists()
 
 
+def write_la_nrrd(path, array, directions, origin):
+    nrrd = require_extra('nrrd')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nrrd.write(str(path), array, header={'encoding': 'gzip', 'space': 'left-posterior-superior',
+                                         'space directions': np.asarray(directions, float).tolist(),
+                                         'space origin': np.asarray(origin, float).tolist()})
+
+
+def la_raw(root, label_edit=None):
+    """One raw LA case whose laendo.nrrd is edited: label_edit(array, directions, origin) -> the same three."""
+    image = np.random.default_rng(0).normal(100, 10, (30, 28, 6)).astype(np.float32)
+    laendo = np.zeros(image.shape, np.uint8)
+    laendo[10:20, 8:14, 2:4] = 255
+    directions, origin = np.diag([0.625, 0.625, 2.5]), np.array([-10.0, 20.0, 5.0])
+    write_la_nrrd(root / 'A' / 'lgemri.nrrd', image, directions, origin)
+    write_la_nrrd(root / 'A' / 'laendo.nrrd', *(label_edit or (lambda *a: a))(laendo, directions, origin))
+    return root
+
+
+def nrrd_flipped(array, directions, origin, axis=0):
+    """The same mask stored with `axis` reversed: every voxel keeps its world position."""
+    directions, origin = directions.copy(), origin + directions[axis] * (array.shape[axis] - 1)
+    directions[axis] = -directions[axis]
+    return np.flip(array, axis), directions, origin
+
+
+def test_preprocess_la_puts_a_flipped_laendo_on_its_image_and_refuses_one_off_it(tmp_path):
+    require_extra('nrrd')
+    outputs = []
+    for name, edit in (('same', None), ('flipped', nrrd_flipped)):
+        la.preprocess_la(la_raw(tmp_path / name), tmp_path / f'out_{name}', progress=False)
+        with h5py.File(tmp_path / f'out_{name}' / la.LA_SUBDIR / 'A' / 'mri_norm2.h5', 'r') as f:
+            outputs.append((f['image'][()], f['label'][()]))
+    assert outputs[1][1].any()
+    for same, flipped_case in zip(*outputs):
+        np.testing.assert_array_equal(same, flipped_case)
+    raw = la_raw(tmp_path / 'shifted', lambda a, d, o: (a, d, o + [0.0, 0.0, 5.0]))
+    message = one_line_error(la.main, ['--raw_dir', str(raw), '--out_dir', str(tmp_path / 'out')],
+                             'preprocess_la')
+    assert 'A/laendo.nrrd' in message and 'A/lgemri.nrrd' in message and '5 mm' in message, message
+    assert not (tmp_path / 'out').exists()
+
+
+def test_preprocess_pancreas_refuses_a_label_of_another_voxel_size(tmp_path):
+    argv = pancreas_case(tmp_path)
+    label = np.zeros((24, 24, 8), np.uint8)
+    label[8:14, 8:14, 2:5] = 1
+    write_nifti(tmp_path / 'labels' / 'label0001.nii.gz', label, spacing=(1.0, 1.0, 2.5))
+    message = one_line_error(pp.main, argv + ['--out_dir', str(tmp_path / 'out')], 'preprocess_pancreas')
+    assert 'label0001.nii.gz: spacing 1x1x2.5 mm but its image' in message and 'image0001.nii.gz' in message
+    assert '1x1x1 mm' in message and not (tmp_path / 'out').exists()
+
+
 # ----------------------------------------------------------------------------- test.py --input's scan checks
 
 def test_scan_problem_refuses_a_tiny_scan_and_a_singular_header():

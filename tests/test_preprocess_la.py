@@ -158,7 +158,7 @@ def test_cli_errors(tmp_path):
     assert 'laendo.nrrd' in run_main(['--raw_dir', str(raw)] + out)
     write_nrrd(raw / 'HALF' / 'laendo.nrrd', np.zeros((30, 31, 4), np.uint8))
     message = run_main(['--raw_dir', str(raw)] + out)
-    assert 'case HALF' in message and '30x30x4' in message and '30x31x4' in message
+    assert 'HALF/laendo.nrrd: shape 30x31x4 but its image' in message and 'HALF/lgemri.nrrd is 30x30x4' in message
     write_nrrd(raw / 'HALF' / 'laendo.nrrd', np.zeros((30, 30, 4), np.uint8))
     assert 'no voxel equal to 255' in run_main(['--raw_dir', str(raw)] + out)
     (raw / 'HALF' / 'laendo.nrrd').write_bytes(b'NRRD0004\ntype: uchar\n')
