@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from dataloaders import NORMALIZE_MODES, H5Dataset, NormalizeIntensity, normalize_intensity
 from dataloaders.pictures import optional_import, save_case_png
-from dataloaders.volumes import StagingDir, recipe_problems, scan_problem, to_network_grid, to_scan_grid, to_stored
+from importers.volumes import StagingDir, recipe_problems, scan_problem, to_network_grid, to_scan_grid, to_stored
 from utils.checkpoint import CheckpointError, load_checkpoint, load_weights
 from utils.cli import OneLineParser, UsageError, run_cli
 from utils.config import (PRESETS, add_common_args, amp_dtype, build_net, resolve, select_device,

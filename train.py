@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from dataloaders import (NORMALIZE_MODES, Compose, H5Dataset, IterationBatchSampler, LabeledBatchSampler,
                          NormalizeIntensity, RandomCrop, RandomRotFlip, ToTensor, TwoStreamBatchSampler)
-from dataloaders.volumes import read_recipe
+from importers.volumes import read_recipe
 from losses import (FILTER_MODES, confident_disagreement, cosine_consistency_loss, cps_loss, cross_pseudo_label,
                     mutual_correction_loss, prototype_contrastive_loss, softmax_mse_loss, supervised_loss, urps_loss)
 from utils.checkpoint import save_checkpoint

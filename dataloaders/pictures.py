@@ -1,6 +1,6 @@
 """Pictures of a 3-D case: three orthogonal slices of the image, with label and prediction outlined.
 
-    python -m dataloaders.check --root_path data/LA --png pictures/     # the data before training
+    python -m importers.check --root_path data/LA --png pictures/     # the data before training
     python test.py --labelnum 8 --save_png                              # each test case after
 
 The packages that draw are optional: optional_import loads one when a picture is asked for and turns

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import one_line_error, require_extra
-from dataloaders import import_volumes as iv
-from dataloaders import preprocess_la as la
-from dataloaders import preprocess_pancreas as pp
-from dataloaders.volumes import (MIN_AXIS, VolumeError, align_label, label_value_problem, make_recipe, scan_problem,
+from importers import import_volumes as iv
+from importers import preprocess_la as la
+from importers import preprocess_pancreas as pp
+from importers.volumes import (MIN_AXIS, VolumeError, align_label, label_value_problem, make_recipe, scan_problem,
                                  size_problem)
 from make_volumes import write_nifti, write_nrrd
 

@@ -10,9 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
-from dataloaders import preprocess_la as pre
+from importers import preprocess_la as pre
 from dataloaders.datasets import LA_SUBDIR
-from dataloaders.volumes import read_recipe
+from importers.volumes import read_recipe
 from conftest import one_line_error, require_extra
 
 nrrd = require_extra('nrrd')
@@ -168,7 +168,7 @@ def test_cli_errors(tmp_path):
 def test_cli_module_entry_and_caveat(tmp_path):
     raw = tmp_path / 'raw'
     make_raw_case(raw, 'CASE1', shape=(30, 30, 4), box=((5, 9), (5, 9), (1, 3)))
-    result = subprocess.run([sys.executable, '-m', 'dataloaders.preprocess_la', '--raw_dir', str(raw),
+    result = subprocess.run([sys.executable, '-m', 'importers.preprocess_la', '--raw_dir', str(raw),
                              '--out_dir', str(tmp_path / 'out'), '--seed', '1'],
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -180,7 +180,7 @@ def test_cli_module_entry_and_caveat(tmp_path):
 # ----------------------------------------------------------------------------- identity with today's algorithm
 
 def lineage_expected(image, laendo, seed, index, zscore='volume', margin=(10, 20), min_extent=(112, 112)):
-    """preprocess_la's output before it became a recipe of dataloaders/volumes, written out plainly:
+    """preprocess_la's output before it became a recipe of importers/volumes, written out plainly:
     four margins from default_rng([seed, index]), the lineage's x/y box, z-score in float64."""
     label = (laendo == 255).astype(np.uint8)
     m_x0, m_x1, m_y0, m_y1 = np.random.default_rng([seed, index]).integers(margin[0], margin[1], size=4)
@@ -217,7 +217,7 @@ def test_pynrrd_reads_what_the_retired_reader_read(tmp_path):
     """The hand-written header of the challenge files (ITK/Slicer style): comments, a type alias, space
     fields, gzip, key:=value pairs. Sizes order (Fortran), native byte order, values as written."""
     import gzip
-    from dataloaders.volumes.read import read_nrrd
+    from importers.volumes.read import read_nrrd
     values = (np.arange(6) * 1000).astype('>u2')  # big-endian on disk
     header = ('NRRD0005\n# Complete NRRD file format specification at:\n'
               'type: unsigned short\ndimension: 3\nspace: left-posterior-superior\n'

@@ -142,7 +142,7 @@ def test_every_readme_command_parses(command, monkeypatch):
     'python train.py --dataset synthetic --gpu -1 --iteratons 400',
     'python test.py --dataset synthetic --gpu -1 --strid_xy 16',
     'python -m benchmarks.speed --la_root data/LA --repeatz 2',
-    'python -m dataloaders.check --root_path data/LA --stat',  # argparse alone would take it for --stats
+    'python -m importers.check --root_path data/LA --stat',  # argparse alone would take it for --stats
     'python -m utils.plot',  # its run folder is a required argument
     'python -m benchmarks.no_such_module --la_root data/LA',
 ])

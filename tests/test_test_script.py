@@ -16,7 +16,7 @@ import torch
 from dataloaders import normalize_intensity
 from dataloaders.datasets import LA_SUBDIR
 from dataloaders.synthetic import make_synthetic_dataset
-from dataloaders.volumes import read_scan
+from importers.volumes import read_scan
 from networks import ResNet34VNet, VNet
 from utils.checkpoint import CheckpointError
 from utils.cli import run_cli

@@ -1,4 +1,4 @@
-"""The import pipeline's steps (dataloaders/volumes) on tiny volumes written in the test."""
+"""The import pipeline's steps (importers/volumes) on tiny volumes written in the test."""
 import subprocess
 import sys
 from pathlib import Path
@@ -7,9 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
-from dataloaders.volumes import (StagingDir, VolumeError, body_mask, bounding_box, ct_window, label_box, pad_to,
+from importers.volumes import (StagingDir, VolumeError, body_mask, bounding_box, ct_window, label_box, pad_to,
                                  read_ct_scan, read_ct_series, read_volume, resample, write_case_h5, write_list, zscore)
-from dataloaders.volumes.orient import to_xyz
+from importers.volumes.orient import to_xyz
 from make_volumes import write_ct_series, write_nifti, write_nrrd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -287,8 +287,8 @@ def test_staging_leaves_nothing_after_a_failure(tmp_path):
 
 def test_dataloaders_imports_nothing_outside_itself():
     """dataloaders/ is copied alone into other projects: no utils, networks, losses or scripts."""
-    code = ('import sys, dataloaders.volumes, dataloaders.import_volumes, dataloaders.preprocess_pancreas, '
-            'dataloaders.preprocess_la; bad = [m for m in sys.modules if m.split(".")[0] in '
+    code = ('import sys, importers.volumes, importers.import_volumes, importers.preprocess_pancreas, '
+            'importers.preprocess_la; bad = [m for m in sys.modules if m.split(".")[0] in '
             '("utils", "networks", "losses", "train", "test")]; print(bad); sys.exit(bool(bad))')
     result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

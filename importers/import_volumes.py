@@ -1,6 +1,6 @@
 """Import a folder of NIfTI/NRRD image and label volumes as h5 cases that `train.py --dataset h5` trains on.
 
-    python -m dataloaders.import_volumes --images imagesTr --labels labelsTr --out_dir data/MyTask \\
+    python -m importers.import_volumes --images imagesTr --labels labelsTr --out_dir data/MyTask \\
         --modality ct|mr [--spacing 1,1,1] [--crop nonzero|label|none] [--test_ids FILE | --test_fraction 0.2]
 
 Pairs imagesTr/X.nii.gz (or X_0000.nii.gz, nnU-Net's channel 0; or X.nrrd) with labelsTr/X.nii.gz, the
@@ -30,7 +30,7 @@ import argparse
 import numpy as np
 from tqdm import tqdm
 
-from .datasets import DatasetError, check_case_id, read_list
+from dataloaders.datasets import DatasetError, check_case_id, read_list
 from .volumes import (AXES, MAX_VOXELS, ProblemList, ReplacingDir, VolumeError, align_label, apply_steps,
                       check_out_dir, class_values, crop_box, finite_problem, label_value_problem, make_recipe,
                       number_problems, pad_to, pair_files, read_scan, resample_pair, size_problem, write_case_h5,
@@ -214,7 +214,7 @@ def flag_problems(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog=f'python -m dataloaders.{PROG}', description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog=f'python -m importers.{PROG}', description=__doc__.split('\n')[0])
     parser.add_argument('--images', required=True, help='folder of image volumes (.nii.gz, .nii, .nrrd)')
     parser.add_argument('--labels', required=True, help='folder of label volumes with the same names')
     parser.add_argument('--out_dir', required=True, help='output folder: <id>.h5, train.list, test.list')
@@ -250,14 +250,14 @@ def main(argv=None):
             args.images, args.labels, args.out_dir, args.modality, args.spacing, args.crop, test_ids,
             args.test_fraction, args.seed, order=args.order, crop_axes=args.crop_axes, margin=args.margin,
             min_size=args.min_size, window=args.window, nonzero=args.nonzero, overwrite=args.overwrite,
-            label_values=args.label_values, command=command_line(f'dataloaders.{PROG}', argv))
+            label_values=args.label_values, command=command_line(f'importers.{PROG}', argv))
     except (ValueError, OSError) as err:
         fail(PROG, getattr(err, 'lines', [err]))
     except MemoryError:
         fail(PROG, [f'out of memory importing into {args.out_dir}: try a coarser --spacing or fewer cases'])
     print(f'{PROG}: wrote {len(train) + len(test)} cases to {args.out_dir} ({len(train)} in train.list, '
           f'{len(test)} in test.list), {classes} classes')
-    print(f"{PROG}: next: python -m dataloaders.check --root_path {args.out_dir} --pattern '{{id}}.h5' "
+    print(f"{PROG}: next: python -m importers.check --root_path {args.out_dir} --pattern '{{id}}.h5' "
           f'--num_classes {classes}')
     return 0
 

@@ -1,6 +1,6 @@
 """Turn the raw 2018 Left Atrium Segmentation Challenge folders into the lineage's h5 layout.
 
-    python -m dataloaders.preprocess_la --raw_dir RAW --out_dir OUT [--seed 1337]
+    python -m importers.preprocess_la --raw_dir RAW --out_dir OUT [--seed 1337]
 
 RAW holds one folder per case, RAW/<id>/lgemri.nrrd (the LGE-MRI volume) and
 RAW/<id>/laendo.nrrd (the atrium mask, 0/255). Written: OUT/2018LA_Seg_Training Set/<id>/
@@ -8,7 +8,7 @@ mri_norm2.h5 ('image' float32, 'label' uint8 0/1, both (X,Y,Z), gzip), OUT/train
 (every case id, sorted, or the ids of --list; --test_list also writes OUT/test.list) and OUT/dataset.json,
 the recipe as data (volumes/recipe.py).
 The NRRD files are read by pynrrd, an optional package (pip install pynrrd); without it the first
-file read says so in one line. This is a recipe of the import pipeline (dataloaders/volumes/).
+file read says so in one line. This is a recipe of the import pipeline (importers/volumes/).
 
 What happens to each case is what the UA-MT lineage's la_heart_processing.py does:
   label = (laendo == 255) as uint8
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .datasets import LA_SUBDIR, DatasetError, read_list
+from dataloaders.datasets import LA_SUBDIR, DatasetError, read_list
 from .volumes import (ReplacingDir, VolumeError, align_label, apply_steps, check_out_dir, finite_problem, label_box,
                       make_recipe, number_problems, read_scan, size_problem, write_case_h5, write_list, write_recipe)
 from .volumes.args import command_line
@@ -179,7 +179,7 @@ def preprocess_la(raw_dir, out_dir, seed=1337, margin=(10, 20), min_extent=(112,
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog='python -m dataloaders.preprocess_la',
+        prog='python -m importers.preprocess_la',
         description='Raw 2018 LA challenge folders (<id>/lgemri.nrrd, <id>/laendo.nrrd) -> '
                     f'OUT/{LA_SUBDIR}/<id>/mri_norm2.h5 and OUT/train.list, cropped '
                     'in x/y around the label with seeded random margins as the UA-MT lineage did. '
@@ -203,7 +203,7 @@ def main(argv=None):
         test_ids = _read_ids(args.test_list) if args.test_list else None
         ids = preprocess_la(args.raw_dir, args.out_dir, args.seed, tuple(args.margin),
                             tuple(args.min_extent), args.zscore, train_ids, test_ids,
-                            command=command_line('dataloaders.preprocess_la', argv), overwrite=args.overwrite)
+                            command=command_line('importers.preprocess_la', argv), overwrite=args.overwrite)
     except (ValueError, OSError) as err:
         sys.exit(f"preprocess_la: error: {' '.join(str(err).split())}")
     except MemoryError:

@@ -1,8 +1,8 @@
 """NIH Pancreas-CT from its download (TCIA DICOM series + NIH label NIfTI) to the lineage's h5 files.
 
-    python -m dataloaders.preprocess_pancreas --dicom_dir Pancreas-CT --label_dir TCIA_pancreas_labels-02-05-2017 \\
+    python -m importers.preprocess_pancreas --dicom_dir Pancreas-CT --label_dir TCIA_pancreas_labels-02-05-2017 \\
         --out_dir data/Pancreas [--recipe mcnet|coranet]
-    python -m dataloaders.preprocess_pancreas --nifti_dir images --label_dir labels --out_dir data/Pancreas
+    python -m importers.preprocess_pancreas --nifti_dir images --label_dir labels --out_dir data/Pancreas
 
 Cases: label{NNNN}.nii.gz in --label_dir (searched recursively) with the DICOM folder PANCREAS_{NNNN} below
 --dicom_dir, or image{NNNN}.nii.gz / PANCREAS_{NNNN}.nii.gz in --nifti_dir. The label gives the geometry:
@@ -202,7 +202,7 @@ def preprocess_pancreas(out_dir, label_dir, dicom_dir=None, nifti_dir=None, reci
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog=f'python -m dataloaders.{PROG}',
+    parser = argparse.ArgumentParser(prog=f'python -m importers.{PROG}',
                                      description=__doc__.split('\n')[0] + ' ' + CAVEAT)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--dicom_dir', help='TCIA download: folders PANCREAS_NNNN of DICOM series, at any depth')
@@ -225,7 +225,7 @@ def main(argv=None):
     try:
         cases = preprocess_pancreas(args.out_dir, args.label_dir, args.dicom_dir, args.nifti_dir, args.recipe,
                                     args.lists, args.spacing, args.order,
-                                    command=command_line(f'dataloaders.{PROG}', argv), overwrite=args.overwrite,
+                                    command=command_line(f'importers.{PROG}', argv), overwrite=args.overwrite,
                                     series=args.series)
     except (ValueError, OSError) as err:
         fail(PROG, getattr(err, 'lines', [err]))

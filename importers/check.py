@@ -1,8 +1,8 @@
 """Check a dataset folder before training: lists, files, keys, shapes, dtypes, label values, NaN, intensities,
 and the import recipe (dataset.json) when the folder has one.
 
-    python -m dataloaders.check --root_path data/LA [--split train] [--list_file F] [--num_classes 2]
-    python -m dataloaders.check --root_path data/LA --stats --png pictures/
+    python -m importers.check --root_path data/LA [--split train] [--list_file F] [--num_classes 2]
+    python -m importers.check --root_path data/LA --stats --png pictures/
 
 Prints one plain line per problem and exits 1 if there is any; otherwise prints a short summary and
 exits 0. A case whose intensity scale is far from the others' is reported as a warning (exit 0): a model
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import LA_PATTERN, LA_SUBDIR, DatasetError, H5Dataset, inspect_case
-from .pictures import optional_import, save_case_png
+from dataloaders.datasets import LA_PATTERN, LA_SUBDIR, DatasetError, H5Dataset, inspect_case
+from dataloaders.pictures import optional_import, save_case_png
 from .volumes import RECIPE_FILE, VolumeError, read_recipe
 
 PERCENTILES = (1, 50, 99)
@@ -108,7 +108,7 @@ def check_folder(root_path, split='train', list_file=None, num_classes=None, pat
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='python -m dataloaders.check', description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog='python -m importers.check', description=__doc__.split('\n')[0])
     parser.add_argument('--root_path', required=True, help='dataset folder (any of the three layouts)')
     parser.add_argument('--split', default='train', help='list name: <split>.list (default train)')
     parser.add_argument('--list_file', default=None, help='explicit list file (overrides --split)')
