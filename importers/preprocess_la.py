@@ -28,8 +28,6 @@ CAVEAT: this preprocessing crops every volume, test volumes included, around its
 ground-truth label. A model evaluated on such crops is told where the atrium is, so LA
 numbers computed on them (the published ones included) are optimistic.
 """
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +36,8 @@ from tqdm import tqdm
 from dataloaders.datasets import LA_SUBDIR, DatasetError, read_list
 from .volumes import (ReplacingDir, VolumeError, align_label, apply_steps, check_out_dir, finite_problem, label_box,
                       make_recipe, number_problems, read_scan, size_problem, write_case_h5, write_list, write_recipe)
+from utils.cli import OneLineParser, run_cli
+
 from .volumes.args import command_line
 
 IMAGE_FILE, LABEL_FILE = 'lgemri.nrrd', 'laendo.nrrd'
@@ -178,7 +178,7 @@ def preprocess_la(raw_dir, out_dir, seed=1337, margin=(10, 20), min_extent=(112,
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog='python -m importers.preprocess_la',
         description='Raw 2018 LA challenge folders (<id>/lgemri.nrrd, <id>/laendo.nrrd) -> '
                     f'OUT/{LA_SUBDIR}/<id>/mri_norm2.h5 and OUT/train.list, cropped '
@@ -197,6 +197,7 @@ def main(argv=None):
     parser.add_argument('--test_list', help='ids for test.list (processed too)')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace --out_dir whole when it holds files (an earlier import); without it, refused')
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error (utils.cli.run_cli)')
     args = parser.parse_args(argv)
     try:
         train_ids = _read_ids(args.list_file) if args.list_file else None
@@ -204,14 +205,12 @@ def main(argv=None):
         ids = preprocess_la(args.raw_dir, args.out_dir, args.seed, tuple(args.margin),
                             tuple(args.min_extent), args.zscore, train_ids, test_ids,
                             command=command_line('importers.preprocess_la', argv), overwrite=args.overwrite)
-    except (ValueError, OSError) as err:
-        sys.exit(f"preprocess_la: error: {' '.join(str(err).split())}")
     except MemoryError:
-        sys.exit(f"preprocess_la: error: out of memory importing into {args.out_dir}")
+        raise PreprocessError(f"out of memory importing into {args.out_dir}") from None
     print(f"preprocess_la: wrote {len(ids)} cases to {Path(args.out_dir) / LA_SUBDIR}")
     print(f"preprocess_la: {CAVEAT}")
     return 0
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -26,7 +26,6 @@ Cases 0025 and 0070 are duplicate scans: a warning names them; MC-Net's lists ke
 CAVEAT: both recipes crop every volume, test volumes included, around its ground-truth label, as the
 lineage did: a model evaluated on these crops is told where the pancreas is, so its scores are optimistic.
 """
-import argparse
 import re
 from pathlib import Path
 
@@ -37,7 +36,9 @@ from .pancreas_lists import DUPLICATES, LIST_SETS
 from .volumes import (ProblemList, ReplacingDir, VolumeError, apply_steps, check_out_dir, finite_problem, label_box,
                       make_recipe, number_problems, pad_to, read_ct_series, read_volume, resample_pair, size_problem,
                       write_case_h5, write_list, write_recipe)
-from .volumes.args import command_line, fail, numbers
+from utils.cli import OneLineParser, run_cli
+
+from .volumes.args import command_line, numbers
 from .volumes.checks import geometry_difference
 
 PROG = 'preprocess_pancreas'
@@ -202,7 +203,7 @@ def preprocess_pancreas(out_dir, label_dir, dicom_dir=None, nifti_dir=None, reci
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog=f'python -m importers.{PROG}',
+    parser = OneLineParser(prog=f'python -m importers.{PROG}',
                                      description=__doc__.split('\n')[0] + ' ' + CAVEAT)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--dicom_dir', help='TCIA download: folders PANCREAS_NNNN of DICOM series, at any depth')
@@ -221,16 +222,15 @@ def main(argv=None):
     parser.add_argument('--series', action='append', metavar='UID',
                         help='a case folder holding several CT series reads the one with this SeriesInstanceUID '
                              '(repeat for several cases)')
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error (utils.cli.run_cli)')
     args = parser.parse_args(argv)
     try:
         cases = preprocess_pancreas(args.out_dir, args.label_dir, args.dicom_dir, args.nifti_dir, args.recipe,
                                     args.lists, args.spacing, args.order,
                                     command=command_line(f'importers.{PROG}', argv), overwrite=args.overwrite,
                                     series=args.series)
-    except (ValueError, OSError) as err:
-        fail(PROG, getattr(err, 'lines', [err]))
     except MemoryError:
-        fail(PROG, [f'out of memory importing into {args.out_dir}: try a coarser --spacing'])
+        raise VolumeError(f'out of memory importing into {args.out_dir}: try a coarser --spacing') from None
     print(f'{PROG}: wrote {len(cases)} cases to {args.out_dir} (recipe {args.recipe}, lists '
           f'{args.lists or args.recipe} as train.list/test.list)')
     print(f'{PROG}: {CAVEAT}')
@@ -238,4 +238,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from importers import import_volumes as iv
+from utils.cli import run_cli
 from importers.volumes import read_scan
 from make_volumes import write_nifti, write_nrrd
 
@@ -135,11 +136,11 @@ def test_pairs_msd_nnunet_and_nrrd_names(tmp_path):
 
 def run_main(argv, capsys):
     with pytest.raises(SystemExit) as info:
-        iv.main(argv)
+        run_cli(iv.main, argv)
     last = str(info.value.code)
     err = capsys.readouterr().err  # the progress bar's lines, and every problem but the last
-    assert 'Traceback' not in err and last.startswith('import_volumes: error: ') and '\n' not in last
-    return [line for line in err.splitlines() if line.startswith('import_volumes: error: ')] + [last]
+    assert 'Traceback' not in err and last.startswith('error: ') and '\n' not in last
+    return [line for line in err.splitlines() if line.startswith('error: ')] + [last]
 
 
 @pytest.mark.parametrize('case, message', [

@@ -144,7 +144,7 @@ def test_la_heart_reads_the_output(tmp_path):
 
 
 def run_main(argv):
-    return one_line_error(pre.main, argv, 'preprocess_la')
+    return one_line_error(pre.main, argv)
 
 
 def test_cli_errors(tmp_path):

@@ -140,7 +140,7 @@ def test_nifti_dir_gives_the_same_files(tmp_path, download, outputs):
 
 
 def run_main(argv):
-    return one_line_error(pp.main, argv, 'preprocess_pancreas')
+    return one_line_error(pp.main, argv)
 
 
 @pytest.mark.parametrize('case, message', [
