@@ -49,7 +49,7 @@ class PreprocessError(VolumeError):
     """A raw case or folder cannot be processed; the message is one line naming it."""
 
 
-def crop_box(label, margins, min_extent=(112, 112)):
+def la_crop_box(label, margins, min_extent=(112, 112)):
     """Slices (x, y, z) cropping x/y around the label's bounding box, z whole.
 
     label: (X,Y,Z) with at least one nonzero voxel. margins: (x_lo, x_hi, y_lo, y_hi) ints.
@@ -80,7 +80,7 @@ def preprocess_case(image, laendo, rng, margin=(10, 20), min_extent=(112, 112), 
     label = (laendo == 255).astype(np.uint8)
     if not label.any():
         raise PreprocessError(f"{name}: {LABEL_FILE} has no voxel equal to 255 (the atrium)")
-    box = crop_box(label, rng.integers(margin[0], margin[1], size=4), min_extent)
+    box = la_crop_box(label, rng.integers(margin[0], margin[1], size=4), min_extent)
     if zscore not in ('volume', 'crop'):
         raise PreprocessError(f"zscore must be 'volume' or 'crop', got {zscore!r}")
     steps = la_recipe(margin, zscore)['intensity']
@@ -114,7 +114,7 @@ def read_raw_case(case_dir):
     return image, align_label(laendo, label_affine, image.shape, image_affine, label_path, image_path)
 
 
-def find_cases(raw_dir):
+def find_la_cases(raw_dir):
     """Sorted ids of the folders in raw_dir holding lgemri.nrrd and/or laendo.nrrd.
 
     A folder with only one of the two files is an error (named), folders with neither are
@@ -154,7 +154,7 @@ def preprocess_la(raw_dir, out_dir, seed=1337, margin=(10, 20), min_extent=(112,
     if problems:
         raise PreprocessError(problems[0])
     check_out_dir(out_dir, overwrite)
-    available = find_cases(raw_dir)
+    available = find_la_cases(raw_dir)
     train_ids = list(available) if train_ids is None else list(train_ids)
     wanted = train_ids + list(test_ids or [])
     unknown = [i for i in wanted if i not in available]

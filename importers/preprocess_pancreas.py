@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from .pancreas_lists import DUPLICATES, LIST_SETS
 from .volumes import (ProblemList, ReplacingDir, VolumeError, apply_steps, check_out_dir, finite_problem, label_box,
-                      make_recipe, number_problems, pad_to, read_ct_series, read_volume, resample_pair, size_problem,
+                      make_recipe, number_problems, pad_to, read_ct_series, read_with_spacing, resample_pair, size_problem,
                       write_case_h5, write_list, write_recipe)
 from utils.cli import OneLineParser, run_cli
 
@@ -64,7 +64,7 @@ def case_files(folder, pattern, want_dirs):
     return found
 
 
-def find_cases(label_dir, dicom_dir=None, nifti_dir=None):
+def find_pancreas_cases(label_dir, dicom_dir=None, nifti_dir=None):
     """({NNNN: (image source, label path)} sorted, problems: one line per unpaired file)."""
     labels = case_files(label_dir, r'label(\d{4})\.nii(?:\.gz)?', want_dirs=False)
     if dicom_dir is not None:
@@ -84,7 +84,7 @@ def find_cases(label_dir, dicom_dir=None, nifti_dir=None):
     return {n: (images[n], labels[n]) for n in sorted(labels) if n in images}, problems
 
 
-def read_case(image_source, label_path, from_dicom, series=None):
+def read_pancreas_case(image_source, label_path, from_dicom, series=None):
     """(HU float32 (X,Y,Z), label uint8 0/1 (X,Y,Z), spacing mm) in the label file's voxel order.
     series: SeriesInstanceUIDs (--series) choosing among a case folder's CT series (dicom.read_ct_scan).
 
@@ -94,8 +94,8 @@ def read_case(image_source, label_path, from_dicom, series=None):
     users report the labels flipped in y against a converted image), so a world-space comparison would
     refuse, or flip, every correctly matched case. docs/data.md, "What is checked".
     """
-    label, spacing = read_volume(label_path, reorient=False)
-    hu, image_spacing = read_ct_series(image_source, series) if from_dicom else read_volume(image_source,
+    label, spacing = read_with_spacing(label_path, reorient=False)
+    hu, image_spacing = read_ct_series(image_source, series) if from_dicom else read_with_spacing(image_source,
                                                                                              reorient=False)
     if hu.shape != label.shape:
         raise VolumeError(f'{image_source}: image is {"x".join(map(str, hu.shape))} voxels but its label '
@@ -182,7 +182,7 @@ def preprocess_pancreas(out_dir, label_dir, dicom_dir=None, nifti_dir=None, reci
     if problems:
         raise ProblemList(problems)
     check_out_dir(out_dir, overwrite)
-    cases, problems = find_cases(label_dir, dicom_dir, nifti_dir)
+    cases, problems = find_pancreas_cases(label_dir, dicom_dir, nifti_dir)
     if problems:
         raise ProblemList(problems)
     duplicates = [n for n in DUPLICATES if n in cases]
@@ -193,7 +193,7 @@ def preprocess_pancreas(out_dir, label_dir, dicom_dir=None, nifti_dir=None, reci
              'drop them')
     with ReplacingDir(out_dir) as stage:
         for n, (image_source, label_path) in tqdm(cases.items(), desc=PROG, unit='case', disable=not progress):
-            hu, label, spacing = read_case(image_source, label_path, dicom_dir is not None, series)
+            hu, label, spacing = read_pancreas_case(image_source, label_path, dicom_dir is not None, series)
             image, label = process_case(hu, label, spacing, recipe, target, order, name=str(label_path))
             write_case_h5(stage.path / f'image{n}_norm.h5', image, label)
         write_lists(stage.path, set(cases), lists or recipe, warn)

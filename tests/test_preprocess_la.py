@@ -83,7 +83,7 @@ def test_margins_cover_their_range():
     label[40:60, 40:60, 1:3] = 1
     widths = set()
     for seed in range(200):
-        box = pre.crop_box(label, np.random.default_rng([seed, 0]).integers(10, 20, 4), (0, 0))
+        box = pre.la_crop_box(label, np.random.default_rng([seed, 0]).integers(10, 20, 4), (0, 0))
         widths.add(box[0].stop - box[0].start)
         assert box[0].start in range(21, 31) and box[0].stop in range(69, 79) and box[2] == slice(0, 4)
     assert min(widths) == 20 + 19 and max(widths) == 20 + 37  # both extremes of [10, 20) drawn
@@ -93,7 +93,7 @@ def test_lineage_padding_to_min_extent():
     """Labels narrower than 112 voxels get (112 - extent) // 2 extra on each side, clipped at the border."""
     label = np.zeros((300, 120, 4), dtype=np.uint8)
     label[140:161, 50:71, :] = 1  # extent hi - lo = 20 along x and y
-    box = pre.crop_box(label, (10, 10, 10, 10), (112, 112))
+    box = pre.la_crop_box(label, (10, 10, 10, 10), (112, 112))
     assert box[0] == slice(140 - 10 - 46, 160 + 10 + 46)
     assert box[1] == slice(0, 120)  # clipped to the volume
 

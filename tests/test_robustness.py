@@ -510,3 +510,23 @@ def test_folders_import_neither_each_other_nor_a_script():
                 problems += [f'{path.relative_to(REPO)}:{node.lineno} imports {n}' for n in names
                              if n.split('.')[0] in forbidden]
     assert not problems, problems
+
+
+def test_one_public_name_one_definition():
+    """Two top-level functions or classes of one public name with different code in the product (two
+    read_volume, two crop_box) make a reader, or a fork copying one module, call the wrong one. The entry
+    points of the scripts alone share their names."""
+    entry_points = {'main', 'build_parser', 'parse_args'}
+    files = [p for folder in ('networks', 'losses', 'dataloaders', 'importers', 'utils')
+             for p in sorted((REPO / folder).rglob('*.py'))]
+    files += [REPO / f'{name}.py' for name in ('train', 'test', 'segment') if (REPO / f'{name}.py').exists()]
+    definitions = {}
+    for path in files:
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) \
+                    and not node.name.startswith('_') and node.name not in entry_points:
+                definitions.setdefault(node.name, {}).setdefault(ast.dump(node), []).append(
+                    str(path.relative_to(REPO)))
+    duplicates = {name: sorted(p for paths in codes.values() for p in paths)
+                  for name, codes in definitions.items() if len(codes) > 1}
+    assert not duplicates, duplicates

@@ -22,7 +22,7 @@ from .dicom import read_ct_scan, read_ct_series
 from .errors import ProblemList, VolumeError
 from .intensity import apply_steps, ct_window, zscore
 from .pairs import pair_files, volume_files
-from .read import read_scan, read_volume, volume_suffix
+from .read import read_scan, read_with_spacing, scan_suffix
 from .recipe import (RECIPE_FILE, class_values, make_recipe, read_recipe, recipe_problems,
                      write_recipe)
 from .resample import resample, resample_pair
