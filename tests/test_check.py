@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dataloaders.datasets import LA_SUBDIR
+from utils.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,6 +116,6 @@ def test_png_without_matplotlib_is_one_line(good_folder, monkeypatch, capsys):
     from importers.check import main
     monkeypatch.setitem(sys.modules, 'matplotlib.figure', None)  # as if matplotlib were not installed
     with pytest.raises(SystemExit) as stop:
-        main(['--root_path', str(good_folder), '--png', str(good_folder / 'pictures')])
+        run_cli(main, ['--root_path', str(good_folder), '--png', str(good_folder / 'pictures')])
     assert stop.value.code == 'error: --png needs the package matplotlib: pip install matplotlib'
     assert not (good_folder / 'pictures').exists()
