@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from dataloaders import normalize_intensity
 from dataloaders.pictures import optional_import
-from dataloaders.volumes import StagingDir, scan_problem, to_network_grid, to_scan_grid, to_stored
+from importers.volumes import StagingDir, scan_problem, to_network_grid, to_scan_grid, to_stored
 from utils.cli import OneLineParser, UsageError, run_cli
 from utils.inference import keep_largest_components, test_single_case
 from utils.trained import PictureWriter, add_trained_args, load_networks, parse_spacing, prepare_device, \

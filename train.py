@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from dataloaders import (NORMALIZE_MODES, Compose, H5Dataset, LabeledBatchSampler, NormalizeIntensity, RandomCrop,
                          RandomRotFlip, ToTensor, TwoStreamBatchSampler)
-from dataloaders.volumes import read_recipe
+from importers.volumes import read_recipe
 from losses import (FILTER_MODES, confident_disagreement, cosine_consistency_loss, cps_loss, cross_pseudo_label,
                     mutual_correction_loss, prototype_contrastive_loss, softmax_mse_loss, supervised_loss, urps_loss)
 from utils.cli import OneLineParser, run_cli
@@ -325,7 +325,7 @@ def main(argv=None):
     amp = amp_dtype(run.device) if cfg['amp'] else None
     check_cpu_amp(amp, run.device, cfg['patch_size'], cfg['n_filters'], cfg['channels_last'])
 
-    # --- data: check the folder first; the import recipe travels with the model (test.py --input applies it) ---
+    # --- data: check the folder first; the import recipe travels with the model (segment.py applies it) ---
     train_set, val_set = load_data(cfg, run)
     cfg['recipe'] = read_recipe(cfg['root_path'])
 

@@ -1,9 +1,7 @@
 """Data pipeline: h5 datasets, numpy-dict transforms seeded per sample, batch samplers, and phantoms.
 
-The phantom generator and the import recipes are modules run with `python -m dataloaders.synthetic`,
-`python -m dataloaders.preprocess_la`, `python -m dataloaders.preprocess_pancreas` and
-`python -m dataloaders.import_volumes` (their steps: dataloaders.volumes); importing them here would make
-that run warn.
+The phantom generator is a module run with `python -m dataloaders.synthetic`; importing it here would
+make that run warn. The importers of raw scans (NIfTI, NRRD, DICOM -> h5) are the package importers/.
 """
 from .datasets import DatasetError, H5Dataset, LAHeart, read_case, read_list, validate_case
 from .samplers import IterationBatchSampler, LabeledBatchSampler, TwoStreamBatchSampler

@@ -1,6 +1,6 @@
 """Pictures of a 3-D case: three orthogonal slices of the image, with label and prediction outlined.
 
-    python -m dataloaders.check --root_path data/LA --png pictures/     # the data before training
+    python -m importers.check --root_path data/LA --png pictures/     # the data before training
     python test.py --labelnum 8 --save_png                              # each test case after
 
 The packages that draw are optional: optional_import loads one when a picture is asked for and turns
@@ -20,12 +20,17 @@ FIGURE_SIZE = (12.0, 4.4)  # inches; at DPI the PNG is 1200 x 440 pixels
 DPI = 100
 
 
+class MissingPackageError(ImportError):
+    """An optional package a flag needs is not installed; the message is one line naming both."""
+    user_error = True  # utils.cli.run_cli prints the message as one line, no traceback
+
+
 def optional_import(module, flag, package):
-    """Import `module`; when it (or what it needs) is missing, exit with one line naming the package."""
+    """Import `module`; when it (or what it needs) is missing, raise MissingPackageError naming the package."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise SystemExit(f'error: {flag} needs the package {package}: pip install {package}') from None
+        raise MissingPackageError(f'{flag} needs the package {package}: pip install {package}') from None
 
 
 def mask_centre(mask):

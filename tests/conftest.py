@@ -67,10 +67,12 @@ def require_extra(module):
     return pytest.importorskip(module)
 
 
-def one_line_error(main, argv, prog):
-    """The message a dataloaders script exits with for bad input: one line, '<prog>: error: ...'."""
+def one_line_error(main, argv):
+    """The message an importer exits with for bad input, run as its command runs it (utils.cli.run_cli):
+    one line, 'error: ...'."""
+    from utils.cli import run_cli
     with pytest.raises(SystemExit) as info:
-        main(argv)
+        run_cli(main, argv)
     message = str(info.value.code)
-    assert message.startswith(f'{prog}: error: ') and '\n' not in message
+    assert message.startswith('error: ') and '\n' not in message
     return message

@@ -9,12 +9,13 @@ import pytest
 
 from conftest import require_extra
 from dataloaders.datasets import LA_SUBDIR
+from utils.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_check(*args):
-    proc = subprocess.run([sys.executable, '-m', 'dataloaders.check', *map(str, args)], cwd=REPO,
+    proc = subprocess.run([sys.executable, '-m', 'importers.check', *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     return proc.returncode, (proc.stdout + proc.stderr).strip().splitlines()
 
@@ -67,7 +68,7 @@ def test_broken_folder_one_line_per_problem(good_folder):
 
 def test_missing_root_and_list_are_one_line(tmp_path, good_folder, capsys):
     # In-process (the subprocess path is covered above): main() returns the exit code.
-    from dataloaders.check import main
+    from importers.check import main
 
     def lines_of(*args):
         code = main([str(a) for a in args])
@@ -90,7 +91,7 @@ def test_missing_root_and_list_are_one_line(tmp_path, good_folder, capsys):
 
 def test_stats_flag_the_case_scaled_down_4x_and_png_writes_one_picture_per_case(tmp_path, capsys):
     plt_image = require_extra('matplotlib.image')
-    from dataloaders.check import main
+    from importers.check import main
     base = np.random.default_rng(0).standard_normal((8, 8, 8)).astype(np.float32)
     # scales within 2x of the median case's (1.0) pass; the one 4x smaller is flagged
     scales = {'a1': 1.0, 'a2': 0.7, 'a3': 1.1, 'a4': 1.8, 'quiet': 0.25}
@@ -113,9 +114,9 @@ def test_stats_flag_the_case_scaled_down_4x_and_png_writes_one_picture_per_case(
 
 
 def test_png_without_matplotlib_is_one_line(good_folder, monkeypatch, capsys):
-    from dataloaders.check import main
+    from importers.check import main
     monkeypatch.setitem(sys.modules, 'matplotlib.figure', None)  # as if matplotlib were not installed
     with pytest.raises(SystemExit) as stop:
-        main(['--root_path', str(good_folder), '--png', str(good_folder / 'pictures')])
+        run_cli(main, ['--root_path', str(good_folder), '--png', str(good_folder / 'pictures')])
     assert stop.value.code == 'error: --png needs the package matplotlib: pip install matplotlib'
     assert not (good_folder / 'pictures').exists()

@@ -186,7 +186,7 @@ def test_module_copied_alone_runs(relative, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-@pytest.mark.parametrize('folder', ['networks', 'losses', 'dataloaders', 'utils'])
+@pytest.mark.parametrize('folder', ['networks', 'losses', 'dataloaders', 'importers', 'utils'])
 def test_folder_init_imports_only_its_folder(folder):
     outside = imports_of(REPO / folder / '__init__.py')[0] - THIRD_PARTY - set(sys.stdlib_module_names)
     assert not outside, f'{folder}/__init__.py imports {sorted(outside)}'
@@ -195,7 +195,7 @@ def test_folder_init_imports_only_its_folder(folder):
 def test_cli_recognises_user_errors_without_importing_the_packages_that_define_them():
     from dataloaders import DatasetError
     from dataloaders.synthetic import SyntheticDataError
-    from dataloaders.volumes import VolumeError
+    from importers.volumes import VolumeError
     from utils.checkpoint import CheckpointError
     from utils.cli import UsageError, is_user_error
     assert imports_of(REPO / 'utils' / 'cli.py')[0] <= set(sys.stdlib_module_names)

@@ -1,17 +1,17 @@
 """What the importers refuse before any work, and the unusual inputs they must keep taking (volumes/checks.py):
 a label on its image's grid in world space, label values, finite voxels and header geometry, numeric flags,
 volume sizes, and an output folder replaced whole. Every volume is made in the test."""
-from pathlib import Path
+import importlib
 
 import h5py
 import numpy as np
 import pytest
 
 from conftest import one_line_error, require_extra
-from dataloaders import import_volumes as iv
-from dataloaders import preprocess_la as la
-from dataloaders import preprocess_pancreas as pp
-from dataloaders.volumes import (MIN_AXIS, VolumeError, align_label, label_value_problem, make_recipe, scan_problem,
+from importers import import_volumes as iv
+from importers import preprocess_la as la
+from importers import preprocess_pancreas as pp
+from importers.volumes import (MIN_AXIS, VolumeError, align_label, label_value_problem, make_recipe, scan_problem,
                                  size_problem)
 from make_volumes import write_nifti, write_nrrd
 
@@ -169,10 +169,10 @@ def test_scl_slope_and_inter_are_applied(tmp_path):
 
 def run_main(argv, capsys):
     """Every problem's line (the last one is the exit message) joined by newlines."""
-    last = one_line_error(iv.main, argv, 'import_volumes')
+    last = one_line_error(iv.main, argv)
     err = capsys.readouterr().err
     assert 'Traceback' not in err
-    return '\n'.join([line for line in err.splitlines() if line.startswith('import_volumes: error: ')] + [last])
+    return '\n'.join([line for line in err.splitlines() if line.startswith('error: ')] + [last])
 
 
 @pytest.mark.parametrize('case, flags, words', [
@@ -260,7 +260,7 @@ def test_what_preprocess_pancreas_refuses_is_one_line(tmp_path, case, flags, wor
     if case == 'old':
         out.mkdir()
         (out / 'test.list').write_text('image0099\n')
-    message = one_line_error(pp.main, argv + flags + ['--out_dir', str(out)], 'preprocess_pancreas')
+    message = one_line_error(pp.main, argv + flags + ['--out_dir', str(out)])
     for word in words:
         assert word in message, message
     assert (case == 'old') == out.exists()
@@ -294,11 +294,62 @@ def test_what_preprocess_la_refuses_is_one_line(tmp_path, case, flags, words):
     if case == 'old':
         out.mkdir()
         (out / 'train.list').write_text('OLD\n')
-    message = one_line_error(la.main, ['--raw_dir', str(tmp_path / 'raw'), '--out_dir', str(out)] + flags,
-                             'preprocess_la')
+    message = one_line_error(la.main, ['--raw_dir', str(tmp_path / 'raw'), '--out_dir', str(out)] + flags)
     for word in words:
         assert word in message, message
     assert (case == 'old') == out.exists()
+
+
+def write_la_nrrd(path, array, directions, origin):
+    nrrd = require_extra('nrrd')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nrrd.write(str(path), array, header={'encoding': 'gzip', 'space': 'left-posterior-superior',
+                                         'space directions': np.asarray(directions, float).tolist(),
+                                         'space origin': np.asarray(origin, float).tolist()})
+
+
+def la_raw(root, label_edit=None):
+    """One raw LA case whose laendo.nrrd is edited: label_edit(array, directions, origin) -> the same three."""
+    image = np.random.default_rng(0).normal(100, 10, (30, 28, 6)).astype(np.float32)
+    laendo = np.zeros(image.shape, np.uint8)
+    laendo[10:20, 8:14, 2:4] = 255
+    directions, origin = np.diag([0.625, 0.625, 2.5]), np.array([-10.0, 20.0, 5.0])
+    write_la_nrrd(root / 'A' / 'lgemri.nrrd', image, directions, origin)
+    write_la_nrrd(root / 'A' / 'laendo.nrrd', *(label_edit or (lambda *a: a))(laendo, directions, origin))
+    return root
+
+
+def nrrd_flipped(array, directions, origin, axis=0):
+    """The same mask stored with `axis` reversed: every voxel keeps its world position."""
+    directions, origin = directions.copy(), origin + directions[axis] * (array.shape[axis] - 1)
+    directions[axis] = -directions[axis]
+    return np.flip(array, axis), directions, origin
+
+
+def test_preprocess_la_puts_a_flipped_laendo_on_its_image_and_refuses_one_off_it(tmp_path):
+    require_extra('nrrd')
+    outputs = []
+    for name, edit in (('same', None), ('flipped', nrrd_flipped)):
+        la.preprocess_la(la_raw(tmp_path / name), tmp_path / f'out_{name}', progress=False)
+        with h5py.File(tmp_path / f'out_{name}' / la.LA_SUBDIR / 'A' / 'mri_norm2.h5', 'r') as f:
+            outputs.append((f['image'][()], f['label'][()]))
+    assert outputs[1][1].any()
+    for same, flipped_case in zip(*outputs):
+        np.testing.assert_array_equal(same, flipped_case)
+    raw = la_raw(tmp_path / 'shifted', lambda a, d, o: (a, d, o + [0.0, 0.0, 5.0]))
+    message = one_line_error(la.main, ['--raw_dir', str(raw), '--out_dir', str(tmp_path / 'out')])
+    assert 'A/laendo.nrrd' in message and 'A/lgemri.nrrd' in message and '5 mm' in message, message
+    assert not (tmp_path / 'out').exists()
+
+
+def test_preprocess_pancreas_refuses_a_label_of_another_voxel_size(tmp_path):
+    argv = pancreas_case(tmp_path)
+    label = np.zeros((24, 24, 8), np.uint8)
+    label[8:14, 8:14, 2:5] = 1
+    write_nifti(tmp_path / 'labels' / 'label0001.nii.gz', label, spacing=(1.0, 1.0, 2.5))
+    message = one_line_error(pp.main, argv + ['--out_dir', str(tmp_path / 'out')])
+    assert 'label0001.nii.gz: spacing 1x1x2.5 mm but its image' in message and 'image0001.nii.gz' in message
+    assert '1x1x1 mm' in message and not (tmp_path / 'out').exists()
 
 
 # ----------------------------------------------------------------------------- segment.py's scan checks
@@ -312,3 +363,29 @@ def test_scan_problem_refuses_a_tiny_scan_and_a_singular_header():
     assert 'NaN or infinite' in scan_problem(np.full((8, 8, 8), -1000.0), recipe, np.diag([1.0, np.nan, 1.0, 1.0]))
     assert scan_problem(np.full((8, 8, 8), -1000.0), recipe, np.eye(4)) is None
     assert size_problem((8, 8, 8), 'x') is None
+
+
+# ----------------------------------------------------------------------------- one-line flag errors
+
+@pytest.mark.parametrize('module, argv, words', [
+    ('import_volumes', ['--images', 'i', '--labels', 'l', '--out_dir', 'o', '--modality', 'ct', '--spacing',
+                        '-1,1,1'], 'argument --spacing: expected one argument'),
+    ('import_volumes', ['--images', 'i', '--labels', 'l', '--out_dir', 'o', '--modality', 'ct', '--spacing=abc'],
+     "argument --spacing: 'abc': expected 3 comma-separated numbers"),
+    ('preprocess_pancreas', ['--nifti_dir', 'i', '--label_dir', 'l', '--spacing', '-1,1,1'],
+     'argument --spacing: expected one argument'),
+    ('preprocess_pancreas', ['--nifti_dir', 'i', '--label_dir', 'l', '--spacing=abc'],
+     "argument --spacing: 'abc': expected 3 comma-separated numbers"),
+    ('preprocess_la', ['--raw_dir', 'r', '--out_dir', 'o', '--seed', '-x'], 'argument --seed: expected one argument'),
+    ('preprocess_la', ['--raw_dir', 'r', '--out_dir', 'o', '--seed=abc'], "argument --seed: invalid int value: 'abc'"),
+    ('check', ['--root_path', 'r', '--num_classes=abc'], "argument --num_classes: invalid int value: 'abc'"),
+    ('check', ['--root_path', 'r', '--num_classes', '0'], '--num_classes must be >= 1, got 0'),
+])
+def test_a_bad_flag_is_one_line_naming_it_without_the_usage_block(module, argv, words, capsys):
+    from utils.cli import run_cli
+    script = importlib.import_module(f'importers.{module}')
+    with pytest.raises(SystemExit) as info:
+        run_cli(script.main, argv)
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == '' and captured.err == f'python -m importers.{module}: error: {words} (see --help)\n'

@@ -1,5 +1,5 @@
 """import_volumes on MSD / nnU-Net style folders written in the test: pairing, checks, label mapping, crops,
-intensities, lists, bad inputs, and the end to end: import, dataloaders.check, train.py, test.py."""
+intensities, lists, bad inputs, and the end to end: import, importers.check, train.py, test.py."""
 import os
 import subprocess
 import sys
@@ -9,8 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from dataloaders import import_volumes as iv
-from dataloaders.volumes import read_scan
+from importers import import_volumes as iv
+from utils.cli import run_cli
+from importers.volumes import read_scan
 from make_volumes import write_nifti, write_nrrd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def test_end_to_end_import_check_train_test(tmp_path):
     """The README's commands on a generated CT set: import, check, 4 training iterations, evaluation."""
     images, labels = make_set(tmp_path)
     out = tmp_path / 'MyTask'
-    done = run('-m', 'dataloaders.import_volumes', '--images', str(images), '--labels', str(labels),
+    done = run('-m', 'importers.import_volumes', '--images', str(images), '--labels', str(labels),
                '--out_dir', str(out), '--modality', 'ct', '--spacing', '1,1,1', '--crop', 'nonzero',
                '--min_size', '16,16,16', '--test_fraction', '0.2')
     assert done.returncode == 0, done.stderr
@@ -69,7 +70,7 @@ def test_end_to_end_import_check_train_test(tmp_path):
     # body box x 4..19, y 3..16 (1 mm), z 1..6 at 2 mm -> 2..12 at 1 mm; grown to 16 by the lineage's rule
     assert image.shape == label.shape == (16, 16, 16)
     assert 0 <= image.min() and image.max() <= 1 and set(np.unique(label)) == {0, 1, 2}
-    check = run('-m', 'dataloaders.check', '--root_path', str(out), '--pattern', '{id}.h5', '--num_classes', '3')
+    check = run('-m', 'importers.check', '--root_path', str(out), '--pattern', '{id}.h5', '--num_classes', '3')
     assert check.returncode == 0 and '4 cases OK' in check.stdout, check.stdout + check.stderr
     flags = ['--dataset', 'h5', '--root_path', str(out), '--num_classes', '3', '--patch_size', '16,16,16',
              '--n_filters', '2', '--labelnum', '2', '--gpu', '-1', '--snapshot_path', str(tmp_path / 'run')]
@@ -135,11 +136,11 @@ def test_pairs_msd_nnunet_and_nrrd_names(tmp_path):
 
 def run_main(argv, capsys):
     with pytest.raises(SystemExit) as info:
-        iv.main(argv)
+        run_cli(iv.main, argv)
     last = str(info.value.code)
     err = capsys.readouterr().err  # the progress bar's lines, and every problem but the last
-    assert 'Traceback' not in err and last.startswith('import_volumes: error: ') and '\n' not in last
-    return [line for line in err.splitlines() if line.startswith('import_volumes: error: ')] + [last]
+    assert 'Traceback' not in err and last.startswith('error: ') and '\n' not in last
+    return [line for line in err.splitlines() if line.startswith('error: ')] + [last]
 
 
 @pytest.mark.parametrize('case, message', [

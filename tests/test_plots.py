@@ -12,6 +12,7 @@ import pytest
 
 from conftest import ITERATION_COLUMNS, require_extra
 from utils import plot
+from utils.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,13 +118,13 @@ def test_plot_without_matplotlib_is_one_line(tmp_path, monkeypatch):
     run = write_run(tmp_path / 'run', 'sup', 3, 3)
     monkeypatch.setitem(sys.modules, 'matplotlib.figure', None)  # as if matplotlib were not installed
     with pytest.raises(SystemExit) as stop:
-        plot.main([str(run)])
+        run_cli(plot.main, [str(run)])
     assert stop.value.code == 'error: python -m utils.plot needs the package matplotlib: pip install matplotlib'
 
 
 def test_plot_of_a_folder_without_csv_is_one_line(tmp_path):
     with pytest.raises(SystemExit) as stop:
-        plot.main([str(tmp_path)])
+        run_cli(plot.main, [str(tmp_path)])
     assert str(stop.value.code).startswith('error: ') and 'iterations.csv' in stop.value.code
 
 

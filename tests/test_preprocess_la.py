@@ -10,9 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
-from dataloaders import preprocess_la as pre
+from importers import preprocess_la as pre
 from dataloaders.datasets import LA_SUBDIR
-from dataloaders.volumes import read_recipe
+from importers.volumes import read_recipe
 from conftest import one_line_error, require_extra
 
 nrrd = require_extra('nrrd')
@@ -83,7 +83,7 @@ def test_margins_cover_their_range():
     label[40:60, 40:60, 1:3] = 1
     widths = set()
     for seed in range(200):
-        box = pre.crop_box(label, np.random.default_rng([seed, 0]).integers(10, 20, 4), (0, 0))
+        box = pre.la_crop_box(label, np.random.default_rng([seed, 0]).integers(10, 20, 4), (0, 0))
         widths.add(box[0].stop - box[0].start)
         assert box[0].start in range(21, 31) and box[0].stop in range(69, 79) and box[2] == slice(0, 4)
     assert min(widths) == 20 + 19 and max(widths) == 20 + 37  # both extremes of [10, 20) drawn
@@ -93,7 +93,7 @@ def test_lineage_padding_to_min_extent():
     """Labels narrower than 112 voxels get (112 - extent) // 2 extra on each side, clipped at the border."""
     label = np.zeros((300, 120, 4), dtype=np.uint8)
     label[140:161, 50:71, :] = 1  # extent hi - lo = 20 along x and y
-    box = pre.crop_box(label, (10, 10, 10, 10), (112, 112))
+    box = pre.la_crop_box(label, (10, 10, 10, 10), (112, 112))
     assert box[0] == slice(140 - 10 - 46, 160 + 10 + 46)
     assert box[1] == slice(0, 120)  # clipped to the volume
 
@@ -144,7 +144,7 @@ def test_la_heart_reads_the_output(tmp_path):
 
 
 def run_main(argv):
-    return one_line_error(pre.main, argv, 'preprocess_la')
+    return one_line_error(pre.main, argv)
 
 
 def test_cli_errors(tmp_path):
@@ -158,7 +158,7 @@ def test_cli_errors(tmp_path):
     assert 'laendo.nrrd' in run_main(['--raw_dir', str(raw)] + out)
     write_nrrd(raw / 'HALF' / 'laendo.nrrd', np.zeros((30, 31, 4), np.uint8))
     message = run_main(['--raw_dir', str(raw)] + out)
-    assert 'case HALF' in message and '30x30x4' in message and '30x31x4' in message
+    assert 'HALF/laendo.nrrd: shape 30x31x4 but its image' in message and 'HALF/lgemri.nrrd is 30x30x4' in message
     write_nrrd(raw / 'HALF' / 'laendo.nrrd', np.zeros((30, 30, 4), np.uint8))
     assert 'no voxel equal to 255' in run_main(['--raw_dir', str(raw)] + out)
     (raw / 'HALF' / 'laendo.nrrd').write_bytes(b'NRRD0004\ntype: uchar\n')
@@ -168,7 +168,7 @@ def test_cli_errors(tmp_path):
 def test_cli_module_entry_and_caveat(tmp_path):
     raw = tmp_path / 'raw'
     make_raw_case(raw, 'CASE1', shape=(30, 30, 4), box=((5, 9), (5, 9), (1, 3)))
-    result = subprocess.run([sys.executable, '-m', 'dataloaders.preprocess_la', '--raw_dir', str(raw),
+    result = subprocess.run([sys.executable, '-m', 'importers.preprocess_la', '--raw_dir', str(raw),
                              '--out_dir', str(tmp_path / 'out'), '--seed', '1'],
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -180,7 +180,7 @@ def test_cli_module_entry_and_caveat(tmp_path):
 # ----------------------------------------------------------------------------- identity with today's algorithm
 
 def lineage_expected(image, laendo, seed, index, zscore='volume', margin=(10, 20), min_extent=(112, 112)):
-    """preprocess_la's output before it became a recipe of dataloaders/volumes, written out plainly:
+    """preprocess_la's output before it became a recipe of importers/volumes, written out plainly:
     four margins from default_rng([seed, index]), the lineage's x/y box, z-score in float64."""
     label = (laendo == 255).astype(np.uint8)
     m_x0, m_x1, m_y0, m_y1 = np.random.default_rng([seed, index]).integers(margin[0], margin[1], size=4)
@@ -217,7 +217,7 @@ def test_pynrrd_reads_what_the_retired_reader_read(tmp_path):
     """The hand-written header of the challenge files (ITK/Slicer style): comments, a type alias, space
     fields, gzip, key:=value pairs. Sizes order (Fortran), native byte order, values as written."""
     import gzip
-    from dataloaders.volumes.read import read_nrrd
+    from importers.volumes.read import read_nrrd
     values = (np.arange(6) * 1000).astype('>u2')  # big-endian on disk
     header = ('NRRD0005\n# Complete NRRD file format specification at:\n'
               'type: unsigned short\ndimension: 3\nspace: left-posterior-superior\n'

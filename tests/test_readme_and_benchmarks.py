@@ -150,7 +150,7 @@ def test_every_readme_command_parses(command, monkeypatch):
     'python segment.py --checkpoint final.pth --input scan.nii.gz --seires 1.2',
     'python segment.py --checkpoint final.pth',  # --input is required
     'python -m benchmarks.speed --la_root data/LA --repeatz 2',
-    'python -m dataloaders.check --root_path data/LA --stat',  # argparse alone would take it for --stats
+    'python -m importers.check --root_path data/LA --stat',  # argparse alone would take it for --stats
     'python -m utils.plot',  # its run folder is a required argument
     'python -m benchmarks.no_such_module --la_root data/LA',
 ])

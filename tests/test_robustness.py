@@ -493,14 +493,16 @@ def test_no_unsafe_deserialisation_or_eval():
 # ------------------------------------------------------------------------------------------ layering
 
 def test_folders_import_neither_each_other_nor_a_script():
-    """networks/, losses/, dataloaders/ are copied into forks one by one: none imports another of them, utils/ or a
-    script; utils/ imports no script (train, test, benchmarks)."""
+    """networks/, losses/, dataloaders/ are copied into forks one by one: none imports another of them, utils/,
+    importers/ or a script; importers/ may import dataloaders/ and utils/, utils/ may import importers.volumes
+    (test.py's readers), which imports no utils; nothing imports a script (train, test, segment, benchmarks)."""
     scripts = {'train', 'test', 'segment', 'benchmarks', 'tests'}
     allowed = {'networks': set(), 'losses': set(), 'dataloaders': set(),
-               'utils': {'networks', 'losses', 'dataloaders'}}
+               'utils': {'networks', 'losses', 'dataloaders', 'importers'},
+               'importers': {'dataloaders', 'utils'}, 'importers/volumes': {'dataloaders'}}
     problems = []
     for folder, may in allowed.items():
-        forbidden = (scripts | set(allowed)) - may - {folder}
+        forbidden = (scripts | {f.split('/')[0] for f in allowed}) - may - {folder.split('/')[0]}
         for path in (REPO / folder).rglob('*.py'):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ImportFrom) and not node.level:
@@ -518,3 +520,23 @@ def test_folders_import_neither_each_other_nor_a_script():
                     ([node.module] if isinstance(node, ast.ImportFrom) else
                      [a.name for a in node.names] if isinstance(node, ast.Import) else [])}
         assert not imported & ({'train', 'test', 'segment'} - {script}), (script, imported)
+
+
+def test_one_public_name_one_definition():
+    """Two top-level functions or classes of one public name with different code in the product (two
+    read_volume, two crop_box) make a reader, or a fork copying one module, call the wrong one. The entry
+    points of the scripts alone share their names."""
+    entry_points = {'main', 'build_parser', 'parse_args'}
+    files = [p for folder in ('networks', 'losses', 'dataloaders', 'importers', 'utils')
+             for p in sorted((REPO / folder).rglob('*.py'))]
+    files += [REPO / f'{name}.py' for name in ('train', 'test', 'segment') if (REPO / f'{name}.py').exists()]
+    definitions = {}
+    for path in files:
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) \
+                    and not node.name.startswith('_') and node.name not in entry_points:
+                definitions.setdefault(node.name, {}).setdefault(ast.dump(node), []).append(
+                    str(path.relative_to(REPO)))
+    duplicates = {name: sorted(p for paths in codes.values() for p in paths)
+                  for name, codes in definitions.items() if len(codes) > 1}
+    assert not duplicates, duplicates

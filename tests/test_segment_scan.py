@@ -13,9 +13,9 @@ from scipy import ndimage
 
 import train
 from conftest import require_extra
-from dataloaders import import_volumes as iv
-from dataloaders.check import check_folder
-from dataloaders.volumes import (RECIPE_FILE, class_values, make_recipe, read_recipe, read_scan, recipe_problems,
+from importers import import_volumes as iv
+from importers.check import check_folder
+from importers.volumes import (RECIPE_FILE, class_values, make_recipe, read_recipe, read_scan, recipe_problems,
                                  to_network_grid, to_scan_grid, to_stored)
 from make_volumes import write_ct_series, write_nifti, write_nrrd
 from test_test_script import cli, segment_cli
@@ -81,7 +81,7 @@ def test_the_recipe_goes_from_the_data_folder_into_the_run(imported, trained):
     recipe = json.loads((imported / 'data' / RECIPE_FILE).read_text())
     assert recipe['labels'] == {'0': 0, '3': 1} and recipe['num_classes'] == 2
     assert recipe['spacing'] == [0.8, 0.8, 1.25] and recipe['crop'] == 'nonzero' and recipe['modality'] == 'ct'
-    assert recipe['command'].startswith('python -m dataloaders.import_volumes --images ')
+    assert recipe['command'].startswith('python -m importers.import_volumes --images ')
     assert read_recipe(imported / 'data') == recipe
     assert json.loads((trained.parent / 'config.json').read_text())['recipe'] == recipe
     assert torch.load(trained, weights_only=True)['config']['recipe'] == recipe

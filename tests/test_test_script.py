@@ -17,7 +17,7 @@ from conftest import require_extra
 from dataloaders import normalize_intensity
 from dataloaders.datasets import LA_SUBDIR
 from dataloaders.synthetic import make_synthetic_dataset
-from dataloaders.volumes import read_scan
+from importers.volumes import read_scan
 import segment
 from networks import ResNet34VNet, VNet
 from utils.checkpoint import CheckpointError

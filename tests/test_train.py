@@ -25,7 +25,7 @@ from dataloaders import (Compose, H5Dataset, IterationBatchSampler, RandomCrop, 
 from conftest import ITERATION_COLUMNS, require_extra, train_argv
 from losses import supervised_loss
 from networks import ResNet34VNet, VNet
-from utils.cli import UsageError
+from utils.cli import UsageError, run_cli
 from utils.checkpoint import CheckpointError, save_checkpoint
 from utils.config import run_keys, select_device
 from utils import run_control
@@ -682,7 +682,7 @@ def test_tensorboard_holds_the_csv_values_and_a_resume_adds_no_duplicate_step(ph
 def test_tensorboard_missing_is_one_line(phantoms, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, 'torch.utils.tensorboard', None)  # as if tensorboard were not installed
     with pytest.raises(SystemExit) as stop:
-        train.main(args(phantoms, tmp_path / 'run', '--tensorboard'))
+        run_cli(train.main, args(phantoms, tmp_path / 'run', '--tensorboard'))
     assert stop.value.code == 'error: --tensorboard needs the package tensorboard: pip install tensorboard'
     assert not (tmp_path / 'run').exists()
 

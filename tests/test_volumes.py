@@ -1,4 +1,4 @@
-"""The import pipeline's steps (dataloaders/volumes) on tiny volumes written in the test."""
+"""The import pipeline's steps (importers/volumes) on tiny volumes written in the test."""
 import subprocess
 import sys
 from pathlib import Path
@@ -7,9 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
-from dataloaders.volumes import (StagingDir, VolumeError, body_mask, bounding_box, ct_window, label_box, pad_to,
-                                 read_ct_scan, read_ct_series, read_volume, resample, write_case_h5, write_list, zscore)
-from dataloaders.volumes.orient import to_xyz
+from importers.volumes import (StagingDir, VolumeError, body_mask, bounding_box, ct_window, label_box, pad_to,
+                                 read_ct_scan, read_ct_series, read_with_spacing, resample, write_case_h5, write_list, zscore)
+from importers.volumes.orient import to_xyz
 from conftest import require_extra
 from make_volumes import write_ct_series, write_nifti, write_nrrd
 
@@ -164,7 +164,7 @@ def test_nifti_and_nrrd_read_as_xyz_with_spacing(tmp_path):
     write_nifti(tmp_path / 'a.nii.gz', array, spacing=(0.5, 0.75, 3.0))
     write_nrrd(tmp_path / 'a.nrrd', array, spacing=(0.5, 0.75, 3.0))
     for name in ('a.nii.gz', 'a.nrrd'):
-        back, spacing = read_volume(tmp_path / name)
+        back, spacing = read_with_spacing(tmp_path / name)
         assert np.array_equal(back, array) and spacing == pytest.approx((0.5, 0.75, 3.0)), name
 
 
@@ -179,7 +179,7 @@ def test_reorient_permutes_axes_and_keeps_spacing(tmp_path):
     affine[:3, :3] = directions.T
     affine[3, 3] = 1
     write_nifti(tmp_path / 'zxy.nii.gz', array.astype(np.int16), affine=affine)
-    back, spacing = read_volume(tmp_path / 'zxy.nii.gz')
+    back, spacing = read_with_spacing(tmp_path / 'zxy.nii.gz')
     assert np.array_equal(back, out) and spacing == pytest.approx((0.5, 0.75, 2.5))
 
 
@@ -189,7 +189,7 @@ def test_missing_extra_is_one_line_naming_file_and_pip(tmp_path, monkeypatch):
     for path, package in ((tmp_path / 'a.nii.gz', 'nibabel'), (tmp_path / 'a.nrrd', 'pynrrd')):
         with pytest.raises(VolumeError, match=f'{path}: reading .* needs the optional package {package}: '
                                               f'pip install {package}$'):
-            read_volume(path)
+            read_with_spacing(path)
     with pytest.raises(VolumeError, match='pip install pydicom$'):
         read_ct_series(tmp_path)
 
@@ -287,10 +287,12 @@ def test_staging_leaves_nothing_after_a_failure(tmp_path):
         'keep.txt', 'sub', 'sub/train.list']
 
 
-def test_dataloaders_imports_nothing_outside_itself():
-    """dataloaders/ is copied alone into other projects: no utils, networks, losses or scripts."""
-    code = ('import sys, dataloaders.volumes, dataloaders.import_volumes, dataloaders.preprocess_pancreas, '
-            'dataloaders.preprocess_la; bad = [m for m in sys.modules if m.split(".")[0] in '
-            '("utils", "networks", "losses", "train", "test")]; print(bad); sys.exit(bool(bad))')
+def test_importers_import_neither_networks_losses_nor_a_script():
+    """importers/ reads scans with numpy alone: importing it pulls in no network, loss or script, and its
+    steps (importers.volumes) no utils (utils/volume_io.py imports them)."""
+    code = ('import sys, importers.volumes; steps = [m for m in sys.modules if m.split(".")[0] == "utils"]; '
+            'import importers.import_volumes, importers.preprocess_pancreas, importers.preprocess_la; '
+            'bad = steps + [m for m in sys.modules if m.split(".")[0] in '
+            '("networks", "losses", "train", "test", "segment")]; print(bad); sys.exit(bool(bad))')
     result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

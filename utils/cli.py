@@ -43,18 +43,22 @@ def message(error):
 
 
 def run_cli(main, argv=None):
-    """Call main(argv) and exit: 1 with 'error: <one line>' for a user error, 130 on Ctrl-C.
+    """main(argv)'s result; for a user error, exit 1 with 'error: <one line>', 130 on Ctrl-C.
 
-    --debug in argv lets every exception through with its traceback.
+    An error holding several problems (a list of one-line strings in .lines: the importers' ProblemList)
+    prints one 'error: ' line each. --debug in argv lets every exception through with its traceback.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = '--debug' in argv
     try:
-        main(argv)
+        return main(argv)
     except Exception as e:
         if debug or not is_user_error(e):
             raise
-        sys.exit(message(e))
+        lines = [message(ValueError(line)) for line in getattr(e, 'lines', None) or []]
+        for line in lines[:-1]:
+            print(line, file=sys.stderr)
+        sys.exit(lines[-1] if lines else message(e))
     except KeyboardInterrupt:
         if debug:
             raise

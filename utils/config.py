@@ -224,40 +224,40 @@ def check_config(cfg):
     """Refuse train.py flags that cannot train, before any work starts: one line naming flag and value."""
     for name in ('max_iterations', 'batch_size', 'lr_step', 'save_every', 'log_every', 'contrast_samples'):
         if cfg[name] < 1:
-            raise SystemExit(f'error: --{name} {cfg[name]} must be at least 1')
+            raise UsageError(f'--{name} {cfg[name]} must be at least 1')
     if cfg['tensorboard']:
         summary_writer_class()  # a missing package stops the run here, not at the first logged step
     for name in ('num_workers', 'rampup', 'val_every', 'image_every', 'base_lr', 'alpha_mc', 'lambda_reg',
                  'lambda_urps', 'lambda_cps', 'lambda_con', 'consistency', 'contrast_tau'):
         if not cfg[name] >= 0:  # also refuses NaN
-            raise SystemExit(f'error: --{name} {cfg[name]} must be zero or more')
+            raise UsageError(f'--{name} {cfg[name]} must be zero or more')
     for name, low, high in (('uncertain_percent', 0, 100), ('conf_thresh', 0, 1), ('ema_decay', 0, 1)):
         if not low <= cfg[name] <= high:
-            raise SystemExit(f'error: --{name} {cfg[name]} must lie in {low}..{high}')
+            raise UsageError(f'--{name} {cfg[name]} must lie in {low}..{high}')
     if cfg['dataset'] == 'synthetic' and cfg['num_classes'] not in (2, 3):
-        raise SystemExit(f'error: --dataset synthetic makes 2 or 3 classes, not --num_classes {cfg["num_classes"]}')
+        raise UsageError(f'--dataset synthetic makes 2 or 3 classes, not --num_classes {cfg["num_classes"]}')
 
 
 def check_split(cfg, num_cases, world_size=1):
     """Refuse a labeled/unlabeled split or batch that the training list of num_cases cannot fill."""
     semi = cfg['method'] != 'sup'
     if not 0 < cfg['labelnum'] <= num_cases:
-        raise SystemExit(f'error: --labelnum {cfg["labelnum"]} must be between 1 and the {num_cases} cases '
+        raise UsageError(f'--labelnum {cfg["labelnum"]} must be between 1 and the {num_cases} cases '
                          f'of the training list')
     if semi and cfg['labelnum'] == num_cases:
-        raise SystemExit(f'error: --labelnum {num_cases} leaves no unlabeled volume; '
+        raise UsageError(f'--labelnum {num_cases} leaves no unlabeled volume; '
                          f'use --method sup for fully supervised training')
     if semi and not 0 < cfg['labeled_bs'] < cfg['batch_size']:
-        raise SystemExit(f'error: --labeled_bs {cfg["labeled_bs"]} must be at least 1 and smaller than '
+        raise UsageError(f'--labeled_bs {cfg["labeled_bs"]} must be at least 1 and smaller than '
                          f'--batch_size {cfg["batch_size"]} (the rest of a batch is unlabeled)')
     if semi and cfg['labelnum'] < cfg['labeled_bs']:
-        raise SystemExit(f'error: --labelnum {cfg["labelnum"]} is smaller than --labeled_bs {cfg["labeled_bs"]}')
+        raise UsageError(f'--labelnum {cfg["labelnum"]} is smaller than --labeled_bs {cfg["labeled_bs"]}')
     if not semi and cfg['labelnum'] < cfg['batch_size']:
-        raise SystemExit(f'error: --labelnum {cfg["labelnum"]} is smaller than --batch_size {cfg["batch_size"]}')
+        raise UsageError(f'--labelnum {cfg["labelnum"]} is smaller than --batch_size {cfg["batch_size"]}')
     # under torchrun every rank takes its own slice of a global batch from each stream
     labeled_per_step = (cfg['labeled_bs'] if semi else cfg['batch_size']) * world_size
     unlabeled_per_step = (cfg['batch_size'] - cfg['labeled_bs']) * world_size if semi else 0
     if labeled_per_step > cfg['labelnum'] or unlabeled_per_step > num_cases - cfg['labelnum']:
-        raise SystemExit(f'error: a step on {world_size} process(es) takes {labeled_per_step} labeled and '
+        raise UsageError(f'a step on {world_size} process(es) takes {labeled_per_step} labeled and '
                          f'{unlabeled_per_step} unlabeled volumes, more than --labelnum {cfg["labelnum"]} of '
                          f'{num_cases} cases gives: lower --batch_size / --labeled_bs or --nproc_per_node')

@@ -4,7 +4,6 @@
 
 matplotlib is optional: without it this command stops with one line saying how to install it.
 """
-import argparse
 import csv
 import json
 import math
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from dataloaders.pictures import optional_import
+from utils.cli import OneLineParser, UsageError, run_cli
 
 COMMAND = 'python -m utils.plot'
 # (title, iterations.csv columns, kind) of each curve panel; a panel shows the columns a method writes.
@@ -188,7 +188,7 @@ def plot_cases(cases, path, title, units='voxels'):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split('\n')[0])
+    parser = OneLineParser(prog=COMMAND, description=__doc__.split('\n')[0])
     parser.add_argument('run_dir', help='a train.py run folder (or a test.py --out_dir)')
     parser.add_argument('--out', default=None, help='folder for the PNGs (default: run_dir)')
     args = parser.parse_args(argv)
@@ -196,14 +196,14 @@ def main(argv=None):
     out = Path(args.out) if args.out is not None else run_dir
     iterations, cases_csv = run_dir / 'iterations.csv', run_dir / 'test_cases.csv'
     if not iterations.is_file() and not cases_csv.is_file():
-        raise SystemExit(f'error: {run_dir}: no iterations.csv or test_cases.csv (train.py and test.py write them)')
+        raise UsageError(f'{run_dir}: no iterations.csv or test_cases.csv (train.py and test.py write them)')
     optional_import('matplotlib.figure', COMMAND, 'matplotlib')
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if iterations.is_file():
         columns = read_iterations(iterations)
         if not columns:
-            raise SystemExit(f'error: {iterations}: no complete row yet; try again after the first iterations')
+            raise UsageError(f'{iterations}: no complete row yet; try again after the first iterations')
         plot_curves(columns, out / 'curves.png', run_title(run_dir, int(columns['iteration'][-1])))
         written.append(out / 'curves.png')
     if cases_csv.is_file():
@@ -219,4 +219,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -15,7 +15,7 @@ import torch
 
 from dataloaders import NORMALIZE_MODES
 from dataloaders.pictures import save_case_png
-from dataloaders.volumes import recipe_problems
+from importers.volumes import recipe_problems
 from utils.checkpoint import CheckpointError, load_checkpoint, load_weights
 from utils.cli import UsageError
 from utils.config import PRESETS, add_common_args, amp_dtype, build_net, resolve, select_device, use_channels_last

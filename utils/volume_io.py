@@ -1,7 +1,7 @@
-"""Volumes in and label maps out, for test.py's --input and --save_pred: .h5, .npy, NIfTI, and the scans an
+"""Volumes in and label maps out, for segment.py and test.py --save_pred: .h5, .npy, NIfTI, and the scans an
 import recipe reads (NIfTI, NRRD, a DICOM series folder).
 
-NIfTI, NRRD and DICOM are read by the import pipeline's readers (dataloaders.volumes), the project's only
+NIfTI, NRRD and DICOM are read by the import pipeline's readers (importers.volumes), the project's only
 ones. nibabel is optional: without it, h5 is written and reading a NIfTI file says how to install it. Every
 unusable file raises UsageError (or the readers' VolumeError) with one line naming it.
 """
@@ -10,8 +10,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from dataloaders.volumes import VolumeError, read_ct_scan, read_scan
-from dataloaders.volumes.orient import axis_spacing
+from importers.volumes import VolumeError, read_ct_scan, read_scan
+from importers.volumes.orient import axis_spacing
 from utils.cli import UsageError
 
 VOLUME_SUFFIXES = ('.nii.gz', '.nii', '.nrrd', '.h5', '.hdf5', '.npy')

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from .errors import VolumeError
-from .read import SUFFIXES, volume_suffix
+from .read import SUFFIXES, scan_suffix
 
 CHANNEL = re.compile(r'^(?P<id>.+)_(?P<channel>\d{4})$')
 
@@ -21,7 +21,7 @@ def volume_files(folder):
         raise VolumeError(f'{folder}: folder not found')
     files = {}
     for path in sorted(folder.iterdir()):
-        suffix = volume_suffix(path)
+        suffix = scan_suffix(path)
         if suffix and path.is_file() and not path.name.startswith('.'):
             files[path.name[:-len(suffix)]] = path
     if not files:

@@ -9,8 +9,8 @@
     recipe    recipe.py           what an import did, as data: OUT/dataset.json
     apply     apply.py            a recipe on a new scan, and its geometric steps undone on the class scores
 
-Recipes are the scripts that chain the steps: dataloaders.preprocess_la, dataloaders.preprocess_pancreas
-and dataloaders.import_volumes; each writes its recipe.py record beside the cases. nibabel, pynrrd and
+Recipes are the scripts that chain the steps: importers.preprocess_la, importers.preprocess_pancreas
+and importers.import_volumes; each writes its recipe.py record beside the cases. nibabel, pynrrd and
 pydicom are optional: each is imported by the one function that reads its format, and a missing one is
 named in one line (VolumeError) with its pip line.
 """
@@ -22,7 +22,7 @@ from .dicom import read_ct_scan, read_ct_series
 from .errors import ProblemList, VolumeError
 from .intensity import apply_steps, ct_window, zscore
 from .pairs import pair_files, volume_files
-from .read import read_scan, read_volume, volume_suffix
+from .read import read_scan, read_with_spacing, scan_suffix
 from .recipe import (RECIPE_FILE, class_values, make_recipe, read_recipe, recipe_problems,
                      write_recipe)
 from .resample import resample, resample_pair

@@ -1,21 +1,21 @@
 """Check a dataset folder before training: lists, files, keys, shapes, dtypes, label values, NaN, intensities,
 and the import recipe (dataset.json) when the folder has one.
 
-    python -m dataloaders.check --root_path data/LA [--split train] [--list_file F] [--num_classes 2]
-    python -m dataloaders.check --root_path data/LA --stats --png pictures/
+    python -m importers.check --root_path data/LA [--split train] [--list_file F] [--num_classes 2]
+    python -m importers.check --root_path data/LA --stats --png pictures/
 
 Prints one plain line per problem and exits 1 if there is any; otherwise prints a short summary and
 exits 0. A case whose intensity scale is far from the others' is reported as a warning (exit 0): a model
 trained on the others tends to miss it. Files are opened read-only.
 """
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from .datasets import LA_PATTERN, LA_SUBDIR, DatasetError, H5Dataset, inspect_case
-from .pictures import optional_import, save_case_png
+from dataloaders.datasets import LA_PATTERN, LA_SUBDIR, DatasetError, H5Dataset, inspect_case
+from dataloaders.pictures import optional_import, save_case_png
+from utils.cli import OneLineParser, run_cli
 from .volumes import RECIPE_FILE, VolumeError, read_recipe
 
 PERCENTILES = (1, 50, 99)
@@ -108,7 +108,7 @@ def check_folder(root_path, split='train', list_file=None, num_classes=None, pat
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='python -m dataloaders.check', description=__doc__.split('\n')[0])
+    parser = OneLineParser(prog='python -m importers.check', description=__doc__.split('\n')[0])
     parser.add_argument('--root_path', required=True, help='dataset folder (any of the three layouts)')
     parser.add_argument('--split', default='train', help='list name: <split>.list (default train)')
     parser.add_argument('--list_file', default=None, help='explicit list file (overrides --split)')
@@ -126,6 +126,7 @@ def main(argv=None):
     parser.add_argument('--png', default=None, metavar='DIR',
                         help='write DIR/<case id>.png: three slices through the label\'s centre, the label '
                              'outlined (needs matplotlib)')
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error (utils.cli.run_cli)')
     args = parser.parse_args(argv)
     if args.num_classes < 1:
         parser.error(f'--num_classes must be >= 1, got {args.num_classes}')
@@ -149,4 +150,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main))

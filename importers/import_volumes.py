@@ -1,6 +1,6 @@
 """Import a folder of NIfTI/NRRD image and label volumes as h5 cases that `train.py --dataset h5` trains on.
 
-    python -m dataloaders.import_volumes --images imagesTr --labels labelsTr --out_dir data/MyTask \\
+    python -m importers.import_volumes --images imagesTr --labels labelsTr --out_dir data/MyTask \\
         --modality ct|mr [--spacing 1,1,1] [--crop nonzero|label|none] [--test_ids FILE | --test_fraction 0.2]
 
 Pairs imagesTr/X.nii.gz (or X_0000.nii.gz, nnU-Net's channel 0; or X.nrrd) with labelsTr/X.nii.gz, the
@@ -25,17 +25,17 @@ view) and needs no label. --crop label keeps --margin voxels on each side of the
 did: test and unlabeled cases are then cropped around a label the model should not have, so it is told
 where the target is and its scores are optimistic (a warning says so).
 """
-import argparse
-
 import numpy as np
 from tqdm import tqdm
 
-from .datasets import DatasetError, check_case_id, read_list
+from dataloaders.datasets import DatasetError, check_case_id, read_list
 from .volumes import (AXES, MAX_VOXELS, ProblemList, ReplacingDir, VolumeError, align_label, apply_steps,
                       check_out_dir, class_values, crop_box, finite_problem, label_value_problem, make_recipe,
                       number_problems, pad_to, pair_files, read_scan, resample_pair, size_problem, write_case_h5,
                       write_list, write_recipe)
-from .volumes.args import command_line, fail, numbers, value_list
+from utils.cli import OneLineParser, run_cli
+
+from .volumes.args import command_line, numbers, value_list
 from .volumes.orient import to_xyz
 
 PROG = 'import_volumes'
@@ -214,7 +214,7 @@ def flag_problems(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog=f'python -m dataloaders.{PROG}', description=__doc__.split('\n')[0])
+    parser = OneLineParser(prog=f'python -m importers.{PROG}', description=__doc__.split('\n')[0])
     parser.add_argument('--images', required=True, help='folder of image volumes (.nii.gz, .nii, .nrrd)')
     parser.add_argument('--labels', required=True, help='folder of label volumes with the same names')
     parser.add_argument('--out_dir', required=True, help='output folder: <id>.h5, train.list, test.list')
@@ -240,27 +240,27 @@ def main(argv=None):
                         help='the values labels hold, e.g. 0,3: a label holding another value is refused')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace --out_dir whole when it holds files (an earlier import); without it, refused')
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error (utils.cli.run_cli)')
     args = parser.parse_args(argv)
     problems = flag_problems(args)
     if problems:
-        fail(PROG, problems)
+        raise ProblemList(problems)
     try:
         test_ids = read_list(args.test_ids) if args.test_ids else None
         train, test, classes = import_volumes(
             args.images, args.labels, args.out_dir, args.modality, args.spacing, args.crop, test_ids,
             args.test_fraction, args.seed, order=args.order, crop_axes=args.crop_axes, margin=args.margin,
             min_size=args.min_size, window=args.window, nonzero=args.nonzero, overwrite=args.overwrite,
-            label_values=args.label_values, command=command_line(f'dataloaders.{PROG}', argv))
-    except (ValueError, OSError) as err:
-        fail(PROG, getattr(err, 'lines', [err]))
+            label_values=args.label_values, command=command_line(f'importers.{PROG}', argv))
     except MemoryError:
-        fail(PROG, [f'out of memory importing into {args.out_dir}: try a coarser --spacing or fewer cases'])
+        raise VolumeError(f'out of memory importing into {args.out_dir}: try a coarser --spacing or fewer '
+                          'cases') from None
     print(f'{PROG}: wrote {len(train) + len(test)} cases to {args.out_dir} ({len(train)} in train.list, '
           f'{len(test)} in test.list), {classes} classes')
-    print(f"{PROG}: next: python -m dataloaders.check --root_path {args.out_dir} --pattern '{{id}}.h5' "
+    print(f"{PROG}: next: python -m importers.check --root_path {args.out_dir} --pattern '{{id}}.h5' "
           f'--num_classes {classes}')
     return 0
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -14,8 +14,8 @@ from .orient import axis_spacing, to_xyz
 SUFFIXES = ('.nii.gz', '.nii', '.nrrd')
 
 
-def volume_suffix(path):
-    """The suffix of a file read_volume can read ('.nii.gz', '.nii', '.nrrd'), None for any other file."""
+def scan_suffix(path):
+    """The suffix of a file read_with_spacing can read ('.nii.gz', '.nii', '.nrrd'), None for any other file."""
     name = str(path).lower()
     return next((s for s in SUFFIXES if name.endswith(s)), None)
 
@@ -88,14 +88,14 @@ def read_scan(path):
     """(array as stored, 4x4 affine in RAS mm) of a NIfTI or NRRD file: what a label map written over the
     scan must keep. Row a of affine[:3, :3].T is the world vector of array axis a. A header whose affine
     is not finite or is singular is refused (checks.affine_problem): its spacing would be 0 or NaN."""
-    suffix = volume_suffix(path)
+    suffix = scan_suffix(path)
     if suffix is None:
         raise VolumeError(f'{path}: not a volume file ({", ".join(SUFFIXES)})')
     array, affine = (read_nrrd if suffix == '.nrrd' else read_nifti)(path)
     return array, check_affine(affine, path)
 
 
-def read_volume(path, reorient=True):
+def read_with_spacing(path, reorient=True):
     """(array (X,Y,Z), spacing: 3 floats in mm) of a NIfTI or NRRD file.
 
     reorient: permute the axes to the world's x, y, z order (orient.to_xyz); False keeps the file's

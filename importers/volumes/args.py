@@ -1,4 +1,4 @@
-"""Command-line helpers shared by the recipes: number triples, the command line, and the one-line exit."""
+"""Command-line helpers shared by the recipes: number triples and the command line they record."""
 import argparse
 import shlex
 import sys
@@ -23,14 +23,6 @@ def value_list(text):
         return tuple(float(v) for v in text.split(','))
     except ValueError:
         raise argparse.ArgumentTypeError(f'{text!r}: expected comma-separated numbers') from None
-
-
-def fail(prog, lines):
-    """Print every line but the last as '<prog>: error: <line>' on stderr, exit 1 with the last."""
-    lines = [' '.join(str(line).split()) for line in lines]
-    for line in lines[:-1]:
-        print(f'{prog}: error: {line}', file=sys.stderr)
-    sys.exit(f'{prog}: error: {lines[-1]}')
 
 
 def command_line(module, argv=None):

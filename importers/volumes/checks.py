@@ -1,4 +1,4 @@
-"""Checks every importer and test.py --input make before any work: finite voxels, a usable header geometry,
+"""Checks every importer and segment.py make before any work: finite voxels, a usable header geometry,
 a label on its image's grid, label values, numeric flags, and volume sizes.
 
 Tolerances (docs/data.md, "What is checked"), chosen near nnU-Net's image/label geometry check and above

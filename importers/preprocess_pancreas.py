@@ -1,8 +1,8 @@
 """NIH Pancreas-CT from its download (TCIA DICOM series + NIH label NIfTI) to the lineage's h5 files.
 
-    python -m dataloaders.preprocess_pancreas --dicom_dir Pancreas-CT --label_dir TCIA_pancreas_labels-02-05-2017 \\
+    python -m importers.preprocess_pancreas --dicom_dir Pancreas-CT --label_dir TCIA_pancreas_labels-02-05-2017 \\
         --out_dir data/Pancreas [--recipe mcnet|coranet]
-    python -m dataloaders.preprocess_pancreas --nifti_dir images --label_dir labels --out_dir data/Pancreas
+    python -m importers.preprocess_pancreas --nifti_dir images --label_dir labels --out_dir data/Pancreas
 
 Cases: label{NNNN}.nii.gz in --label_dir (searched recursively) with the DICOM folder PANCREAS_{NNNN} below
 --dicom_dir, or image{NNNN}.nii.gz / PANCREAS_{NNNN}.nii.gz in --nifti_dir. The label gives the geometry:
@@ -26,7 +26,6 @@ Cases 0025 and 0070 are duplicate scans: a warning names them; MC-Net's lists ke
 CAVEAT: both recipes crop every volume, test volumes included, around its ground-truth label, as the
 lineage did: a model evaluated on these crops is told where the pancreas is, so its scores are optimistic.
 """
-import argparse
 import re
 from pathlib import Path
 
@@ -35,9 +34,12 @@ from tqdm import tqdm
 
 from .pancreas_lists import DUPLICATES, LIST_SETS
 from .volumes import (ProblemList, ReplacingDir, VolumeError, apply_steps, check_out_dir, finite_problem, label_box,
-                      make_recipe, number_problems, pad_to, read_ct_series, read_volume, resample_pair, size_problem,
+                      make_recipe, number_problems, pad_to, read_ct_series, read_with_spacing, resample_pair, size_problem,
                       write_case_h5, write_list, write_recipe)
-from .volumes.args import command_line, fail, numbers
+from utils.cli import OneLineParser, run_cli
+
+from .volumes.args import command_line, numbers
+from .volumes.checks import geometry_difference
 
 PROG = 'preprocess_pancreas'
 WINDOW = (-125.0, 275.0)  # HU: level 75, width 400
@@ -62,7 +64,7 @@ def case_files(folder, pattern, want_dirs):
     return found
 
 
-def find_cases(label_dir, dicom_dir=None, nifti_dir=None):
+def find_pancreas_cases(label_dir, dicom_dir=None, nifti_dir=None):
     """({NNNN: (image source, label path)} sorted, problems: one line per unpaired file)."""
     labels = case_files(label_dir, r'label(\d{4})\.nii(?:\.gz)?', want_dirs=False)
     if dicom_dir is not None:
@@ -82,14 +84,26 @@ def find_cases(label_dir, dicom_dir=None, nifti_dir=None):
     return {n: (images[n], labels[n]) for n in sorted(labels) if n in images}, problems
 
 
-def read_case(image_source, label_path, from_dicom, series=None):
+def read_pancreas_case(image_source, label_path, from_dicom, series=None):
     """(HU float32 (X,Y,Z), label uint8 0/1 (X,Y,Z), spacing mm) in the label file's voxel order.
-    series: SeriesInstanceUIDs (--series) choosing among a case folder's CT series (dicom.read_ct_scan)."""
-    label, spacing = read_volume(label_path, reorient=False)
-    hu = read_ct_series(image_source, series)[0] if from_dicom else read_volume(image_source, reorient=False)[0]
+    series: SeriesInstanceUIDs (--series) choosing among a case folder's CT series (dicom.read_ct_scan).
+
+    The image's array is taken to be in the label's voxel order (the DICOM stack runs the way InstanceNumber
+    runs), and the two are compared in shape and voxel size only, not in world space: the NIH label files do
+    not carry the DICOM series' world geometry (MC-Net gives the image the label's header; registration
+    users report the labels flipped in y against a converted image), so a world-space comparison would
+    refuse, or flip, every correctly matched case. docs/data.md, "What is checked".
+    """
+    label, spacing = read_with_spacing(label_path, reorient=False)
+    hu, image_spacing = read_ct_series(image_source, series) if from_dicom else read_with_spacing(image_source,
+                                                                                             reorient=False)
     if hu.shape != label.shape:
         raise VolumeError(f'{image_source}: image is {"x".join(map(str, hu.shape))} voxels but its label '
                           f'{label_path} is {"x".join(map(str, label.shape))}')
+    difference = geometry_difference(hu.shape, np.diag([*image_spacing, 1.0]), label.shape,
+                                     np.diag([*spacing, 1.0]), image_source)
+    if difference:
+        raise VolumeError(f'{label_path}: {difference}')
     for problem in (finite_problem(hu, image_source), finite_problem(label, label_path)):
         if problem:
             raise VolumeError(problem)
@@ -168,7 +182,7 @@ def preprocess_pancreas(out_dir, label_dir, dicom_dir=None, nifti_dir=None, reci
     if problems:
         raise ProblemList(problems)
     check_out_dir(out_dir, overwrite)
-    cases, problems = find_cases(label_dir, dicom_dir, nifti_dir)
+    cases, problems = find_pancreas_cases(label_dir, dicom_dir, nifti_dir)
     if problems:
         raise ProblemList(problems)
     duplicates = [n for n in DUPLICATES if n in cases]
@@ -179,7 +193,7 @@ def preprocess_pancreas(out_dir, label_dir, dicom_dir=None, nifti_dir=None, reci
              'drop them')
     with ReplacingDir(out_dir) as stage:
         for n, (image_source, label_path) in tqdm(cases.items(), desc=PROG, unit='case', disable=not progress):
-            hu, label, spacing = read_case(image_source, label_path, dicom_dir is not None, series)
+            hu, label, spacing = read_pancreas_case(image_source, label_path, dicom_dir is not None, series)
             image, label = process_case(hu, label, spacing, recipe, target, order, name=str(label_path))
             write_case_h5(stage.path / f'image{n}_norm.h5', image, label)
         write_lists(stage.path, set(cases), lists or recipe, warn)
@@ -189,7 +203,7 @@ def preprocess_pancreas(out_dir, label_dir, dicom_dir=None, nifti_dir=None, reci
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog=f'python -m dataloaders.{PROG}',
+    parser = OneLineParser(prog=f'python -m importers.{PROG}',
                                      description=__doc__.split('\n')[0] + ' ' + CAVEAT)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--dicom_dir', help='TCIA download: folders PANCREAS_NNNN of DICOM series, at any depth')
@@ -208,16 +222,15 @@ def main(argv=None):
     parser.add_argument('--series', action='append', metavar='UID',
                         help='a case folder holding several CT series reads the one with this SeriesInstanceUID '
                              '(repeat for several cases)')
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error (utils.cli.run_cli)')
     args = parser.parse_args(argv)
     try:
         cases = preprocess_pancreas(args.out_dir, args.label_dir, args.dicom_dir, args.nifti_dir, args.recipe,
                                     args.lists, args.spacing, args.order,
-                                    command=command_line(f'dataloaders.{PROG}', argv), overwrite=args.overwrite,
+                                    command=command_line(f'importers.{PROG}', argv), overwrite=args.overwrite,
                                     series=args.series)
-    except (ValueError, OSError) as err:
-        fail(PROG, getattr(err, 'lines', [err]))
     except MemoryError:
-        fail(PROG, [f'out of memory importing into {args.out_dir}: try a coarser --spacing'])
+        raise VolumeError(f'out of memory importing into {args.out_dir}: try a coarser --spacing') from None
     print(f'{PROG}: wrote {len(cases)} cases to {args.out_dir} (recipe {args.recipe}, lists '
           f'{args.lists or args.recipe} as train.list/test.list)')
     print(f'{PROG}: {CAVEAT}')
@@ -225,4 +238,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

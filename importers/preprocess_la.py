@@ -1,6 +1,6 @@
 """Turn the raw 2018 Left Atrium Segmentation Challenge folders into the lineage's h5 layout.
 
-    python -m dataloaders.preprocess_la --raw_dir RAW --out_dir OUT [--seed 1337]
+    python -m importers.preprocess_la --raw_dir RAW --out_dir OUT [--seed 1337]
 
 RAW holds one folder per case, RAW/<id>/lgemri.nrrd (the LGE-MRI volume) and
 RAW/<id>/laendo.nrrd (the atrium mask, 0/255). Written: OUT/2018LA_Seg_Training Set/<id>/
@@ -8,7 +8,7 @@ mri_norm2.h5 ('image' float32, 'label' uint8 0/1, both (X,Y,Z), gzip), OUT/train
 (every case id, sorted, or the ids of --list; --test_list also writes OUT/test.list) and OUT/dataset.json,
 the recipe as data (volumes/recipe.py).
 The NRRD files are read by pynrrd, an optional package (pip install pynrrd); without it the first
-file read says so in one line. This is a recipe of the import pipeline (dataloaders/volumes/).
+file read says so in one line. This is a recipe of the import pipeline (importers/volumes/).
 
 What happens to each case is what the UA-MT lineage's la_heart_processing.py does:
   label = (laendo == 255) as uint8
@@ -28,16 +28,16 @@ CAVEAT: this preprocessing crops every volume, test volumes included, around its
 ground-truth label. A model evaluated on such crops is told where the atrium is, so LA
 numbers computed on them (the published ones included) are optimistic.
 """
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from .datasets import LA_SUBDIR, DatasetError, read_list
-from .volumes import (ReplacingDir, VolumeError, apply_steps, check_out_dir, finite_problem, label_box, make_recipe,
-                      number_problems, read_volume, size_problem, write_case_h5, write_list, write_recipe)
+from dataloaders.datasets import LA_SUBDIR, DatasetError, read_list
+from .volumes import (ReplacingDir, VolumeError, align_label, apply_steps, check_out_dir, finite_problem, label_box,
+                      make_recipe, number_problems, read_scan, size_problem, write_case_h5, write_list, write_recipe)
+from utils.cli import OneLineParser, run_cli
+
 from .volumes.args import command_line
 
 IMAGE_FILE, LABEL_FILE = 'lgemri.nrrd', 'laendo.nrrd'
@@ -49,7 +49,7 @@ class PreprocessError(VolumeError):
     """A raw case or folder cannot be processed; the message is one line naming it."""
 
 
-def crop_box(label, margins, min_extent=(112, 112)):
+def la_crop_box(label, margins, min_extent=(112, 112)):
     """Slices (x, y, z) cropping x/y around the label's bounding box, z whole.
 
     label: (X,Y,Z) with at least one nonzero voxel. margins: (x_lo, x_hi, y_lo, y_hi) ints.
@@ -80,7 +80,7 @@ def preprocess_case(image, laendo, rng, margin=(10, 20), min_extent=(112, 112), 
     label = (laendo == 255).astype(np.uint8)
     if not label.any():
         raise PreprocessError(f"{name}: {LABEL_FILE} has no voxel equal to 255 (the atrium)")
-    box = crop_box(label, rng.integers(margin[0], margin[1], size=4), min_extent)
+    box = la_crop_box(label, rng.integers(margin[0], margin[1], size=4), min_extent)
     if zscore not in ('volume', 'crop'):
         raise PreprocessError(f"zscore must be 'volume' or 'crop', got {zscore!r}")
     steps = la_recipe(margin, zscore)['intensity']
@@ -104,7 +104,17 @@ def _read_ids(path):
         raise PreprocessError(str(e)) from None
 
 
-def find_cases(raw_dir):
+def read_raw_case(case_dir):
+    """(image, laendo) of a case folder, both as stored: the lineage indexes the stored array as (x, y, z),
+    so nothing is reoriented. The two headers are compared in world space (checks.align_label): a laendo.nrrd
+    stored in another orientation of the image's box is put on the image's grid, one off it is refused."""
+    image_path, label_path = Path(case_dir) / IMAGE_FILE, Path(case_dir) / LABEL_FILE
+    image, image_affine = read_scan(image_path)
+    laendo, label_affine = read_scan(label_path)
+    return image, align_label(laendo, label_affine, image.shape, image_affine, label_path, image_path)
+
+
+def find_la_cases(raw_dir):
     """Sorted ids of the folders in raw_dir holding lgemri.nrrd and/or laendo.nrrd.
 
     A folder with only one of the two files is an error (named), folders with neither are
@@ -144,7 +154,7 @@ def preprocess_la(raw_dir, out_dir, seed=1337, margin=(10, 20), min_extent=(112,
     if problems:
         raise PreprocessError(problems[0])
     check_out_dir(out_dir, overwrite)
-    available = find_cases(raw_dir)
+    available = find_la_cases(raw_dir)
     train_ids = list(available) if train_ids is None else list(train_ids)
     wanted = train_ids + list(test_ids or [])
     unknown = [i for i in wanted if i not in available]
@@ -155,9 +165,7 @@ def preprocess_la(raw_dir, out_dir, seed=1337, margin=(10, 20), min_extent=(112,
     # every case is written to a staging folder first: an error in the last case leaves out_dir as it was
     with ReplacingDir(out_dir) as stage:
         for index, case_id in enumerate(tqdm(ids, desc='preprocess_la', unit='case', disable=not progress)):
-            # the lineage indexes the stored array as (x, y, z): no reorientation
-            image, _ = read_volume(raw_dir / case_id / IMAGE_FILE, reorient=False)
-            laendo, _ = read_volume(raw_dir / case_id / LABEL_FILE, reorient=False)
+            image, laendo = read_raw_case(raw_dir / case_id)
             image, label, _ = preprocess_case(image, laendo, np.random.default_rng([seed, index]),
                                               margin, min_extent, zscore, name=f"case {case_id}")
             write_case_h5(stage.path / LA_SUBDIR / case_id / 'mri_norm2.h5', image, label)
@@ -170,8 +178,8 @@ def preprocess_la(raw_dir, out_dir, seed=1337, margin=(10, 20), min_extent=(112,
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog='python -m dataloaders.preprocess_la',
+    parser = OneLineParser(
+        prog='python -m importers.preprocess_la',
         description='Raw 2018 LA challenge folders (<id>/lgemri.nrrd, <id>/laendo.nrrd) -> '
                     f'OUT/{LA_SUBDIR}/<id>/mri_norm2.h5 and OUT/train.list, cropped '
                     'in x/y around the label with seeded random margins as the UA-MT lineage did. '
@@ -189,21 +197,20 @@ def main(argv=None):
     parser.add_argument('--test_list', help='ids for test.list (processed too)')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace --out_dir whole when it holds files (an earlier import); without it, refused')
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error (utils.cli.run_cli)')
     args = parser.parse_args(argv)
     try:
         train_ids = _read_ids(args.list_file) if args.list_file else None
         test_ids = _read_ids(args.test_list) if args.test_list else None
         ids = preprocess_la(args.raw_dir, args.out_dir, args.seed, tuple(args.margin),
                             tuple(args.min_extent), args.zscore, train_ids, test_ids,
-                            command=command_line('dataloaders.preprocess_la', argv), overwrite=args.overwrite)
-    except (ValueError, OSError) as err:
-        sys.exit(f"preprocess_la: error: {' '.join(str(err).split())}")
+                            command=command_line('importers.preprocess_la', argv), overwrite=args.overwrite)
     except MemoryError:
-        sys.exit(f"preprocess_la: error: out of memory importing into {args.out_dir}")
+        raise PreprocessError(f"out of memory importing into {args.out_dir}") from None
     print(f"preprocess_la: wrote {len(ids)} cases to {Path(args.out_dir) / LA_SUBDIR}")
     print(f"preprocess_la: {CAVEAT}")
     return 0
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)
