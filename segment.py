@@ -16,13 +16,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dataloaders import normalize_intensity
-from dataloaders.pictures import optional_import
 from importers.volumes import StagingDir, scan_problem, to_network_grid, to_scan_grid, to_stored
 from utils.cli import OneLineParser, UsageError, run_cli
 from utils.inference import keep_largest_components, test_single_case
-from utils.trained import PictureWriter, add_trained_args, load_networks, parse_spacing, prepare_device, \
-    read_flags, window_settings
-from utils.volume_io import (UniqueNames, input_files, is_scan, label_dtype, label_map_suffix, nibabel_or_none,
+from utils.trained import PictureWriter, add_trained_args, open_trained, parse_spacing, read_flags
+from utils.volume_io import (UniqueNames, input_files, is_scan, label_dtype, label_map_suffix,
                              read_scan_input, read_volume, spacing_affine, volume_suffix, write_label_map)
 
 
@@ -104,17 +102,7 @@ def segment_volume(path, cfg, segment):
 
 def main(argv=None):
     cfg = parse_args(argv)
-    nib = nibabel_or_none()
-    if cfg['nifti'] and nib is None:
-        raise UsageError('--nifti needs nibabel, which is not installed: pip install nibabel')
-    if cfg['save_png']:
-        optional_import('matplotlib.figure', '--save_png', 'matplotlib')  # before any volume is segmented
-    device = prepare_device(cfg)
-    notes = []
-    nets, info = load_networks(cfg, device, notes)
-    window = window_settings(cfg, device)
-    for note in notes:
-        print(f'note: {note}', file=sys.stderr)
+    nets, info, window, _, nib = open_trained(cfg)
     out_dir = Path(cfg['out_dir'] if cfg['out_dir'] is not None else info['run_dir'])
 
     recipe = info['recipe']

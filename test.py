@@ -22,13 +22,11 @@ import numpy as np
 import torch
 
 from dataloaders import H5Dataset, NormalizeIntensity
-from dataloaders.pictures import optional_import
 from utils.cli import OneLineParser, UsageError, run_cli
 from utils.metrics import METRICS, summarize
 from utils.inference import test_all_case
-from utils.trained import PictureWriter, add_trained_args, load_networks, parse_spacing, prepare_device, \
-    read_flags, window_settings
-from utils.volume_io import PredictionWriter, nibabel_or_none
+from utils.trained import PictureWriter, add_trained_args, open_trained, parse_spacing, read_flags
+from utils.volume_io import PredictionWriter
 
 SEGMENT = 'test.py evaluates a list; segment new scans with python segment.py --checkpoint ... --input ...'
 
@@ -155,17 +153,7 @@ def json_safe(obj):
 
 def main(argv=None):
     cfg = parse_args(argv)
-    nib = nibabel_or_none()
-    if cfg['nifti'] and nib is None:
-        raise UsageError('--nifti needs nibabel, which is not installed: pip install nibabel')
-    if cfg['save_png']:
-        optional_import('matplotlib.figure', '--save_png', 'matplotlib')  # before any case is segmented
-    device = prepare_device(cfg)
-    notes = []
-    nets, info = load_networks(cfg, device, notes)
-    window = window_settings(cfg, device)
-    for note in notes:
-        print(f'note: {note}', file=sys.stderr)
+    nets, info, window, device, nib = open_trained(cfg)
     if cfg['root_path'] is None:
         raise UsageError(f'--dataset {cfg["dataset"]} has no default folder: pass --root_path')
     out_dir = Path(cfg['out_dir'] if cfg['out_dir'] is not None else info['run_dir'])

@@ -9,12 +9,13 @@ num_classes): that flag is ignored with a note.
 """
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import torch
 
 from dataloaders import NORMALIZE_MODES
-from dataloaders.pictures import save_case_png
+from dataloaders.pictures import optional_import, save_case_png
 from importers.volumes import recipe_problems
 from utils.checkpoint import CheckpointError, load_checkpoint, load_weights
 from utils.cli import UsageError
@@ -22,7 +23,7 @@ from utils.config import PRESETS, add_common_args, amp_dtype, build_net, resolve
 from utils.inference import gaussian_weight, overlap_strides
 from utils.metrics import calculate_metric_percase
 from utils.seeding import set_cudnn, set_tf32
-from utils.volume_io import UniqueNames
+from utils.volume_io import UniqueNames, nibabel_or_none
 
 # Settings the weights fix: a given flag that differs is ignored with a note.
 ARCH_KEYS = ('n_filters', 'num_classes')
@@ -235,6 +236,25 @@ def load_published(cfg):
         nets[w] = net
     return nets, {'checkpoint': {w: str(Path(files[w])) for w in which}, 'iteration': None,
                   'run_dir': cfg['snapshot_path'], 'label': 'published', 'recipe': None}
+
+
+def open_trained(cfg):
+    """What test.py and segment.py do first: refuse an output flag whose package is missing (before any work),
+    then the device, the trained networks (cfg completed in place, the notes of the merge printed) and the sliding
+    window. Returns (nets, info, window, device, nib): load_networks' two, window_settings', the device, and
+    nibabel (None when missing)."""
+    nib = nibabel_or_none()
+    if cfg['nifti'] and nib is None:
+        raise UsageError('--nifti needs nibabel, which is not installed: pip install nibabel')
+    if cfg['save_png']:
+        optional_import('matplotlib.figure', '--save_png', 'matplotlib')
+    device = prepare_device(cfg)
+    notes = []
+    nets, info = load_networks(cfg, device, notes)
+    window = window_settings(cfg, device)
+    for note in notes:
+        print(f'note: {note}', file=sys.stderr)
+    return nets, info, window, device, nib
 
 
 def window_settings(cfg, device):
