@@ -1,6 +1,6 @@
-"""The run machinery around train.py's loop, none of which changes what a run computes: the device and
-torchrun's process group, resume or a new run folder, the loader that feeds the iterations, checkpoints,
-validation and best.pth, iterations.csv / log.txt / TensorBoard, the collapse watch and stop signals.
+"""The run machinery around train.py's loop: the device and torchrun's process group, the seeds, resume or a
+new run folder, the loader that feeds the iterations, checkpoints, validation and best.pth, iterations.csv /
+log.txt / TensorBoard, the collapse watch and stop signals.
 
 train.py uses it through a few calls:
 
