@@ -307,7 +307,7 @@ def test_non_finite_loss_stops_naming_term_and_iteration(phantoms, tmp_path, mon
     monkeypatch.setattr(train, function, poisoned)
     run = tmp_path / 'run'
     with pytest.raises(SystemExit) as e:
-        train.main(args(phantoms, run, max_iterations=10, save_every=2))
+        run_cli(train.main, args(phantoms, run, max_iterations=10, save_every=2))
     message = str(e.value.code)
     assert f'non-finite loss term {term} at iteration 5' in message and '\n' not in message
     ckpt = load(run / 'latest.pth')  # the last good checkpoint, untouched

@@ -563,7 +563,7 @@ def test_run_folder_with_checkpoints_is_refused_without_resume(phantoms, referen
     shutil.copy(reference / 'latest.pth', run / 'latest.pth')
     before = (run / 'latest.pth').read_bytes()
     with pytest.raises(SystemExit) as e:
-        train.main(args(phantoms, run, max_iterations=8))
+        run_cli(train.main, args(phantoms, run, max_iterations=8))
     assert 'already holds checkpoints' in str(e.value.code) and '--resume auto' in str(e.value.code)
     assert (run / 'latest.pth').read_bytes() == before
     assert sorted(p.name for p in run.iterdir()) == ['latest.pth']

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from utils.checkpoint import CheckpointError, load_checkpoint, load_weights
+from utils.cli import UsageError
 from utils.seeding import saved_world_size, set_rng_state
 
 CHECKPOINT_NAMES = ('final.pth', 'latest.pth')
@@ -39,7 +40,7 @@ def resume_point(cfg, run_keys, nets, optimizers, is_main=True, scaler=None, ran
         iteration, best = restore(path, cfg, run_keys, nets, optimizers, scaler, rank, world_size, device)
         return iteration, path, best
     if is_main and any(run_dir.glob('*.pth')):
-        raise SystemExit(f'error: {run_dir} already holds checkpoints; pass --resume auto to continue it, '
+        raise UsageError(f'{run_dir} already holds checkpoints; pass --resume auto to continue it, '
                          f'or a new --exp / --snapshot_path')
     return 0, None, dict(NO_BEST)
 

@@ -25,6 +25,11 @@ def setup_logger(folder, enabled=True):
     return logger
 
 
+class NonFiniteLoss(ArithmeticError):
+    """A loss term became NaN or infinite; the message names it and the iteration (run_cli prints it as one line)."""
+    user_error = True
+
+
 def host_values(record, iteration, run_dir):
     """{name: float} of a record of 0-d tensors, in its order. Stops the run on a non-finite value,
     naming the term: training on would only spread NaN into the weights of the next checkpoint."""
@@ -32,7 +37,7 @@ def host_values(record, iteration, run_dir):
     values = torch.stack([record[n].detach().float() for n in names]).tolist()  # one device-to-host copy
     bad = [n for n, v in zip(names, values) if not math.isfinite(v) and n != 'loss']
     if bad or not all(math.isfinite(v) for v in values):
-        raise SystemExit(f'error: non-finite loss term {", ".join(bad or ["loss"])} at iteration {iteration}; '
+        raise NonFiniteLoss(f'non-finite loss term {", ".join(bad or ["loss"])} at iteration {iteration}; '
                          f'stopping (the last good checkpoint in {run_dir} is kept)')
     return dict(zip(names, values))
 
