@@ -29,6 +29,7 @@ from utils.cli import UsageError, run_cli
 from utils.checkpoint import CheckpointError, save_checkpoint
 from utils.config import run_keys, select_device
 from utils import run_control
+from utils.resume import restore
 from utils.run_log import IterationCSV
 from utils.seeding import seed_everything
 
@@ -696,7 +697,7 @@ def torchrun(*argv):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def test_torchrun_two_processes_gloo_and_its_exact_resume(phantoms, tmp_path):
+def test_torchrun_two_processes_gloo_and_its_exact_resume(phantoms, tmp_path, capsys):
     run, resumed, steps = tmp_path / 'run', tmp_path / 'resumed', 4
     flags = dict(max_iterations=steps, labelnum=4, batch_size=2, labeled_bs=1, image_every=2, save_every=2)
     torchrun(*args(phantoms, run, *TENSORBOARD, **flags))
@@ -723,9 +724,18 @@ def test_torchrun_two_processes_gloo_and_its_exact_resume(phantoms, tmp_path):
     assert 'resumed from' in (resumed / 'log.txt').read_text()
     assert_same_run(final, load(resumed / 'final.pth'))
 
-    # another number of processes is another run (each rank's data slice and random state): refused by name
-    with pytest.raises(CheckpointError, match='written by 2 process.*this run has 1.*--nproc_per_node 2'):
-        train.main(args(phantoms, resumed, '--resume', str(run / 'latest.pth'), **flags))
+    # fewer processes go on from rank 0's state, with a smaller global batch, and say so; more are refused
+    train.main(args(phantoms, tmp_path / 'fewer', '--resume', str(run / 'latest.pth'), **flags))
+    warning = capsys.readouterr().err
+    assert 'written by 2 processes, this run has 1' in warning and 'global batch of 2 volumes instead of 4' in warning
+    fewer = load(tmp_path / 'fewer' / 'final.pth')
+    assert fewer['iteration'] == steps and len(fewer['rng']['ranks']) == 1
+    cfg = train.parse_args(args(phantoms, tmp_path / 'more', **flags))
+    cfg['channels_last'] = fewer['config']['channels_last']  # as train.py resolves it on the CPU
+    nets = train.build_networks(cfg, torch.device('cpu'))
+    with pytest.raises(CheckpointError, match='written by 1 process.*this run has 2.*at most 1'):
+        restore(tmp_path / 'fewer' / 'final.pth', cfg, run_keys(train.build_parser()), nets,
+                train.build_optimizers(cfg, nets), rank=1, world_size=2)
 
 
 # --------------------------------------------------------------------------------- the paper by default

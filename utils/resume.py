@@ -5,6 +5,7 @@ of every network) and the same settings (the run keys a caller names), so a resu
 same run. Every refusal is a CheckpointError naming the file and what differs.
 """
 import json
+import sys
 from pathlib import Path
 
 from utils.checkpoint import CheckpointError, load_checkpoint, load_weights
@@ -57,7 +58,7 @@ def restore(path, cfg, run_keys, nets, optimizers, scaler=None, rank=0, world_si
     the checkpoint has one; a scaler off ignores it) and process `rank`'s RNG state (on `device`) from the
     checkpoint at `path`; return its iteration and its best validation score ({'dice', 'iteration'}). Raises
     CheckpointError when the file is unreadable, foreign, of another architecture, saved with other settings
-    or by another number of processes (the caller then stops)."""
+    or by fewer processes than this run has (the caller then stops)."""
     ckpt = load_checkpoint(path)
     iteration = iteration_of(ckpt, path)
     wanted = ['config', 'rng', *nets, *('optimizer_' + n[-1] for n in optimizers)]
@@ -85,12 +86,19 @@ def restore(path, cfg, run_keys, nets, optimizers, scaler=None, rank=0, world_si
         written_by = saved_world_size(ckpt['rng'])
     except (KeyError, TypeError) as e:
         raise CheckpointError(f'{path}: damaged RNG state ({type(e).__name__}: {e})') from None
-    # Each rank's batches and random state belong to its rank of a world of that size: another size is another
-    # run. The older layout (one state for every rank) does not say; it restores as it did, not bit-exact
-    # under torchrun.
-    if written_by is not None and written_by != world_size:
-        raise CheckpointError(f'{path}: written by {written_by} process(es), this run has {world_size}; resume with '
-                              f'the same number (torchrun --nproc_per_node {written_by}), or start a new --exp')
+    # Each rank's batches and random state belong to its rank of a world of that size. Fewer processes can go on
+    # (rank r takes rank r's state) as a run with a smaller global batch, said out loud; more would leave ranks
+    # without a state. The older layout (one state for every rank) restores as it did, not bit-exact under torchrun.
+    if written_by is not None and written_by < world_size:
+        raise CheckpointError(f'{path}: written by {written_by} process(es), this run has {world_size}: the extra '
+                              f'ranks have no random state; resume with at most {written_by} (torchrun '
+                              f'--nproc_per_node {written_by}), or start a new --exp')
+    if written_by is not None and written_by > world_size and rank == 0:
+        print(f'warning: {path} was written by {written_by} processes, this run has {world_size}: it goes on with '
+              f'a global batch of {world_size * cfg["batch_size"]} volumes instead of '
+              f'{written_by * cfg["batch_size"]} and ranks 0..{world_size - 1}\'s random states, so not as the '
+              f'{written_by} processes would have gone on; for that, resume with torchrun --nproc_per_node '
+              f'{written_by}', file=sys.stderr)
     try:
         for name, opt in optimizers.items():
             opt.load_state_dict(ckpt['optimizer_' + name[-1]])
