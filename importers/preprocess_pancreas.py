@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from .pancreas_lists import DUPLICATES, LIST_SETS
 from .volumes import (ProblemList, ReplacingDir, VolumeError, apply_steps, check_out_dir, finite_problem, label_box,
-                      make_recipe, number_problems, pad_to, read_ct_series, read_with_spacing, resample_pair, size_problem,
-                      write_case_h5, write_list, write_recipe)
+                      make_recipe, number_problems, pad_to, read_ct_series, read_with_spacing, resample_pair,
+                      size_problem, write_case_h5, write_list, write_recipe)
 from utils.cli import OneLineParser, run_cli
 
 from .volumes.args import command_line, numbers

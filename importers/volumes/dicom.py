@@ -12,8 +12,8 @@ wrong and the stack looks plausible either way:
     stack runs the way InstanceNumber runs, the lineage's voxel order;
   - refused: fewer than MIN_SLICES slices, two slices at one position (0.01 mm apart or less), an
     increment that exceeds the smallest by more than slice_tolerance (a missing slice), slices shifted
-    across their planes (a gantry-tilted series), mixed orientations, sizes or pixel spacings, missing, NaN or degenerate
-    geometry (zero spacing, orientation vectors that are not orthogonal unit vectors);
+    across their planes (a gantry-tilted series), mixed orientations, sizes or pixel spacings, missing, NaN
+    or degenerate geometry (zero spacing, orientation vectors that are not orthogonal unit vectors);
   - a DICOM file that cannot be read, or lacks what every DICOM object has, is named, never skipped.
 pydicom is optional and imported only here (docs/data.md says why not SimpleITK).
 """
