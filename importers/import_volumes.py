@@ -17,7 +17,7 @@ pass, and an --out_dir holding files is refused without --overwrite, which repla
 Label values are mapped in order to 0..C-1 and the mapping is printed. OUT/train.list and OUT/test.list
 (--test_ids, or a seeded --test_fraction of the cases) follow; the first --labelnum ids of train.list are
 the labeled ones in training. OUT/dataset.json records every step and its settings (volumes/recipe.py), and
-each case goes through that record: test.py applies the same steps to a new scan.
+each case goes through that record: segment.py applies the same steps to a new scan.
 
 --crop nonzero (default) keeps the box of the voxels above the volume's minimum (the body or the field of
 view) and needs no label. --crop label keeps --margin voxels on each side of the label's box (grown to

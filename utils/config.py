@@ -58,7 +58,7 @@ RUN_CONTROL = 'run control'
 
 
 def add_common_args(parser, control=None):
-    """Flags shared by train.py and test.py, with the field's names. Those that define a run go to
+    """Flags shared by train.py, test.py and segment.py, with the field's names. Those that define a run go to
     `parser` (a parser or an argument group), where files are and which device to `control` (default
     `parser`): train.py passes its RUN_CONTROL group."""
     control = parser if control is None else control

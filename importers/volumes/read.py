@@ -1,8 +1,8 @@
 """Read one volume file (NIfTI via nibabel, NRRD via pynrrd) as (array indexed (x, y, z), spacing in mm).
 
 A DICOM series is a folder, not a file: dicom.py reads it. The packages are optional and imported here
-only when a file of their format is read. This is the project's one reader of these formats: test.py's
---input reads through it too (read_scan keeps the stored order and the file's affine).
+only when a file of their format is read. This is the project's one reader of these formats: segment.py
+reads through it too (read_scan keeps the stored order and the file's affine).
 """
 import numpy as np
 

@@ -1,6 +1,6 @@
 """The import recipe: what an importer did to every case, kept as OUT/dataset.json beside the cases.
 
-train.py copies it into the run's config and checkpoints; test.py applies it to a new scan and inverts
+train.py copies it into the run's config and checkpoints; segment.py applies it to a new scan and inverts
 its geometric steps (apply.py), so a label map lands on the scan it was computed from. Its keys
 (docs/data.md, "dataset.json"):
 

@@ -4,7 +4,7 @@ Every file is written under a temporary name and renamed into place (a rename wi
 A recipe writes all its files into a ReplacingDir beside the output folder, which replaces the output
 folder whole only once every case has succeeded: after an error the output folder is as it was, and after
 success it holds this import alone (check_out_dir refuses a folder holding files without --overwrite).
-StagingDir (files moved into the folder, beside what it holds) is test.py's, for its predictions.
+StagingDir (files moved into the folder, beside what it holds) is segment.py's, for its label maps.
 """
 import json
 import os
