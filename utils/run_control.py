@@ -213,4 +213,7 @@ class RunControl:
 
     def _leave_process_group(self):
         if self.world_size > 1:
+            # every rank waits until rank 0 has written the last checkpoint: a rank that tears gloo down while
+            # another still uses the group can abort ("terminate called without an active exception")
+            dist.barrier()
             dist.destroy_process_group()
