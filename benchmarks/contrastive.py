@@ -1,4 +1,4 @@
-"""The contrastive term (L_con) alone at LA size: losses/contrastive.py against the version of another revision.
+"""The contrastive term (L_con) alone at LA size: the current prototype_contrastive_loss against another revision's.
 
     python -m benchmarks.contrastive                          # against the memory-optimised version of d681047
     python -m benchmarks.contrastive --baseline HEAD~3 --repeats 5
@@ -29,14 +29,21 @@ SHAPE = (2, 16, 112, 112, 80)  # unlabeled volumes, feature channels (= n_filter
 
 
 def baseline_function(revision):
-    """prototype_contrastive_loss as losses/contrastive.py defines it at `revision` (git), loaded beside the
-    current losses package so that its relative imports resolve."""
-    source = subprocess.run(['git', 'show', f'{revision}:losses/contrastive.py'], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / 'contrastive_baseline.py'
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location('losses.contrastive_baseline', path)
+    """prototype_contrastive_loss as the losses package defines it at `revision` (git): that revision's whole
+    losses/ folder is written to a temporary folder under another package name and imported from there, so its
+    relative imports resolve among its own files (losses/terms.py today, losses/contrastive.py before it)."""
+    def git(*command):
+        return subprocess.run(['git', *command], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+
+    package = Path(tempfile.mkdtemp()) / 'losses_baseline'
+    package.mkdir()
+    for name in git('ls-tree', '--name-only', f'{revision}:losses').split():
+        if name.endswith('.py'):
+            (package / name).write_text(git('show', f'{revision}:losses/{name}'))
+    spec = importlib.util.spec_from_file_location('losses_baseline', package / '__init__.py',
+                                                  submodule_search_locations=[str(package)])
     module = importlib.util.module_from_spec(spec)
+    sys.modules['losses_baseline'] = module
     spec.loader.exec_module(module)
     return module.prototype_contrastive_loss
 
@@ -83,7 +90,7 @@ def memory_probe(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument('--baseline', default='d681047', help='git revision whose losses/contrastive.py is compared')
+    p.add_argument('--baseline', default='d681047', help='git revision whose prototype_contrastive_loss is compared')
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--samples', type=int, default=2048, help='--contrast_samples')
     p.add_argument('--threads', type=int, default=None, help="CPU threads (torch's default: one per core)")

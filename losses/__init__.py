@@ -1,10 +1,8 @@
-"""One loss per term of the training iteration (docs/method.md, "The loss terms"), plus the mean-teacher MSE."""
-from .supervised import dice_loss, supervised_loss
-from .mutual_correction import confident_disagreement, mutual_correction_loss
-from .consistency import cosine_consistency_loss
-from .urps import urps_loss
-from .cross_pseudo import FILTER_MODES, cross_pseudo_label, cps_loss, entropy, percentile, uncertain_mask
-from .contrastive import prototype_contrastive_loss
+"""The losses: terms.py holds the method's terms in the order of docs/method.md, mean_teacher.py the mean-teacher
+baseline's MSE."""
+from .terms import (FILTER_MODES, confident_disagreement, cosine_consistency_loss, cps_loss, cross_pseudo_label,
+                    dice_loss, entropy, mutual_correction_loss, percentile, prototype_contrastive_loss,
+                    supervised_loss, uncertain_mask, urps_loss)
 from .mean_teacher import softmax_mse_loss
 
 __all__ = [

@@ -398,7 +398,7 @@ def test_filter_modes_on_an_imbalanced_field():
     assert 0.5 < classwise_r.double().mean().item() < 0.99
     # none keeps every voxel
     assert cross_pseudo_label(prob_a, prob_b, 20, 'none')[1].all()
-    with pytest.raises(ValueError, match='filter_mode'):
+    with pytest.raises(ValueError, match='cps_filter'):
         cross_pseudo_label(prob_a, prob_b, 20, 'lowest')
 
 
@@ -424,7 +424,7 @@ def test_classwise_percentiles_equal_percentile_of_each_class_to_the_bit():
     """The device-side thresholds of the classwise filter (no host read of a class size or mask) against
     percentile over each class's values picked out by a boolean mask, as the filter once computed them: every
     q, ties, a class of one voxel and an empty class (count 0)."""
-    from losses.cross_pseudo import classwise_percentiles
+    from losses.terms import classwise_percentiles
     rng = np.random.default_rng(3)
     values = torch.from_numpy(rng.random(500).astype(np.float32))
     values[::7] = values[3]  # ties
@@ -504,7 +504,7 @@ def test_contrastive_matches_numpy_gradcheck_and_detaches_prototypes(n_classes):
 
     def on_candidates(f):
         f = torch.where(reliable.unsqueeze(1), fixed, f)
-        return prototype_contrastive_loss(f, student_prob, yhat, reliable, 0.1, max_samples=None)
+        return prototype_contrastive_loss(f, student_prob, yhat, reliable, 0.1, contrast_samples=None)
     assert torch.autograd.gradcheck(on_candidates, (fixed.clone().requires_grad_(),))
 
 
@@ -544,24 +544,25 @@ def test_contrastive_degenerate_cases_are_zero():
     assert_zero_on_graph(prototype_contrastive_loss(f, prob3, labels, rel), f)
 
 
-def test_contrastive_sampling_is_seeded_and_respects_max_samples():
+def test_contrastive_sampling_is_seeded_and_respects_contrast_samples():
     features, student_prob, yhat, reliable = contrastive_inputs(2, 23, shape=(2, 6, 6, 4))
     candidates = ~reliable
     assign = student_prob.argmax(1)
     per_class = [int((candidates & (assign == c)).sum()) for c in range(2)]
     assert min(per_class) > 5
 
-    def run(seed, max_samples=5):
+    def run(seed, contrast_samples=5):
         f = features.clone().requires_grad_()
         generator = None if seed is None else torch.Generator().manual_seed(seed)
-        loss = prototype_contrastive_loss(f, student_prob, yhat, reliable, max_samples=max_samples, generator=generator)
+        loss = prototype_contrastive_loss(f, student_prob, yhat, reliable, contrast_samples=contrast_samples,
+                                          generator=generator)
         loss.backward()
         return loss, f.grad.norm(dim=1) > 0
 
     loss_a, used_a = run(0)
     loss_b, used_b = run(0)
     assert loss_a.item() == loss_b.item() and torch.equal(used_a, used_b)
-    # exactly max_samples candidates of each class receive gradient, and only candidates
+    # exactly contrast_samples candidates of each class receive gradient, and only candidates
     for c in range(2):
         assert int((used_a & (assign == c)).sum()) == 5
     assert not used_a[reliable].any()
@@ -572,8 +573,8 @@ def test_contrastive_sampling_is_seeded_and_respects_max_samples():
     # another seed draws other voxels; no generator works too
     assert not torch.equal(run(1)[1], used_a)
     assert torch.isfinite(run(None)[0])
-    # max_samples above the candidate count keeps everyone
-    assert int(run(0, max_samples=10 ** 6)[1].sum()) == sum(per_class)
+    # contrast_samples above the candidate count keeps everyone
+    assert int(run(0, contrast_samples=10 ** 6)[1].sum()) == sum(per_class)
 
 
 # ---------------------------------------------------------------- mean teacher
