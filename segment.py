@@ -18,7 +18,8 @@ from tqdm import tqdm
 from dataloaders import normalize_intensity
 from importers.volumes import StagingDir, scan_problem, to_network_grid, to_scan_grid, to_stored
 from utils.cli import OneLineParser, UsageError, run_cli
-from utils.inference import keep_largest_components, test_single_case
+from utils.inference import test_single_case
+from utils.metrics import keep_largest_components
 from utils.trained import PictureWriter, add_trained_args, open_trained, parse_spacing, read_flags
 from utils.volume_io import (UniqueNames, input_files, is_scan, label_dtype, label_map_suffix,
                              read_scan_input, read_volume, spacing_affine, volume_suffix, write_label_map)

@@ -24,7 +24,7 @@ import torch
 from dataloaders import H5Dataset, NormalizeIntensity
 from utils.cli import OneLineParser, UsageError, run_cli
 from utils.metrics import METRICS, summarize
-from utils.inference import test_all_case
+from utils.evaluation import test_all_case
 from utils.trained import PictureWriter, add_trained_args, open_trained, parse_spacing, read_flags
 from utils.volume_io import PredictionWriter
 

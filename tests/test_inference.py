@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from utils import inference
+from utils.evaluation import test_all_case
 from utils.metrics import calculate_metric_percase, largest_connected_component, summarize
 
 PATCH = (8, 8, 4)
@@ -285,8 +286,8 @@ def test_all_case_rows_equal_metrics_on_saved_predictions():
         saved[case_id] = (pred.copy(), score.copy())
 
     spacing = (0.625, 0.625, 1.5)
-    rows = inference.test_all_case(ThresholdNet(), iter(cases), 2, PATCH, STRIDE_XY, STRIDE_Z, spacing=spacing,
-                                   save_fn=save, progress=False)
+    rows = test_all_case(ThresholdNet(), iter(cases), 2, PATCH, STRIDE_XY, STRIDE_Z, spacing=spacing,
+                         save_fn=save, progress=False)
     assert [r['case'] for r in rows] == [c[0] for c in cases] and set(saved) == set(r['case'] for r in rows)
     for row, (case_id, image, label) in zip(rows, cases):
         pred, score = saved[case_id]
@@ -297,8 +298,7 @@ def test_all_case_rows_equal_metrics_on_saved_predictions():
     assert rows[-1]['empty'] and math.isnan(rows[-1]['hd95']) and rows[0]['dice'] > 0.5
     summary = summarize(rows)
     assert summary['n_empty'] == 1 and summary['hd95']['n'] == 3
-    lineage = inference.test_all_case(ThresholdNet(), cases, 2, PATCH, STRIDE_XY, STRIDE_Z, lineage_empty=True,
-                                      progress=False)
+    lineage = test_all_case(ThresholdNet(), cases, 2, PATCH, STRIDE_XY, STRIDE_Z, lineage_empty=True, progress=False)
     assert [lineage[-1][m] for m in ('dice', 'jaccard', 'hd95', 'asd')] == [0, 0, 0, 0]
 
 
@@ -309,11 +309,11 @@ def test_lcc_keeps_only_the_largest_component():
     def save(case_id, pred, image, label, score):
         saved[case_id] = pred
 
-    plain = inference.test_all_case(ThresholdNet(), [('a', image, label)], 2, PATCH, STRIDE_XY, STRIDE_Z,
-                                    save_fn=save, progress=False)
+    plain = test_all_case(ThresholdNet(), [('a', image, label)], 2, PATCH, STRIDE_XY, STRIDE_Z, save_fn=save,
+                          progress=False)
     np.testing.assert_array_equal(saved['a'] != 0, big | small)
-    rows = inference.test_all_case(ThresholdNet(), [('a', image, label)], 2, PATCH, STRIDE_XY, STRIDE_Z,
-                                   lcc=True, save_fn=save, progress=False)
+    rows = test_all_case(ThresholdNet(), [('a', image, label)], 2, PATCH, STRIDE_XY, STRIDE_Z, lcc=True,
+                         save_fn=save, progress=False)
     np.testing.assert_array_equal(saved['a'] != 0, big)
     np.testing.assert_array_equal(saved['a'] != 0, largest_connected_component(big | small))
     assert rows[0]['dice'] == calculate_metric_percase(big, label)[0] != plain[0]['dice']
@@ -330,7 +330,7 @@ def test_multiclass_rows_have_per_class_columns():
             bright = 20.0 * (x[:, 0] - 0.5)
             return torch.stack([torch.zeros_like(bright), bright, bright - 1.0], dim=1), x
 
-    rows = inference.test_all_case(TwoBlobNet(), [('m', image, gt)], 3, PATCH, STRIDE_XY, STRIDE_Z, progress=False)
+    rows = test_all_case(TwoBlobNet(), [('m', image, gt)], 3, PATCH, STRIDE_XY, STRIDE_Z, progress=False)
     row = rows[0]
     for m in ('dice', 'jaccard', 'hd95', 'asd'):
         assert f'{m}_1' in row and f'{m}_2' in row

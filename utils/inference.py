@@ -1,4 +1,5 @@
-"""Sliding-window inference and per-case evaluation (the lineage's test_single_case / test_all_case, device-resident).
+"""Sliding-window inference of one volume (the lineage's test_single_case, device-resident). Imports only numpy and
+torch, so the file can be copied alone; utils/evaluation.py runs it over a list of cases and scores them.
 
 Window placement is the literature's, so numbers stay comparable: along an axis of (padded) length L with patch p
 and stride s there are n = ceil((L - p) / s) + 1 windows starting at min(s * i, L - p), i = 0..n-1. The score map is
@@ -10,13 +11,9 @@ that (net.eval()), because train.py validates a network it then keeps training.
 
 import itertools
 import math
-import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
-from .metrics import METRICS, calculate_metric_percase, largest_connected_component
 
 
 def window_starts(dim, patch, stride):
@@ -160,59 +157,5 @@ def test_single_case(net, image, stride_xy, stride_z, patch_size, num_classes, d
     return label.cpu().numpy(), score.cpu().numpy()
 
 
-def case_metrics(pred, label, num_classes, spacing=None, lineage_empty=False):
-    """Metrics of one case as a dict: foreground (non-zero) vs foreground, as the lineage and medpy's bool cast do,
-    plus per-class columns '<metric>_<c>' and 'empty_<c>' when num_classes > 2. 'empty': no foreground predicted;
-    'gt_empty': no foreground in the label (distances are then NaN)."""
-    pred, label = np.asarray(pred), np.asarray(label)
-    row = dict(zip(METRICS, calculate_metric_percase(pred, label, spacing, lineage_empty)))
-    row['empty'] = not pred.any()
-    row['gt_empty'] = not label.any()
-    if num_classes > 2:
-        for c in range(1, num_classes):
-            values = calculate_metric_percase(pred == c, label == c, spacing, lineage_empty)
-            row.update({f'{m}_{c}': v for m, v in zip(METRICS, values)})
-            row[f'empty_{c}'] = not (pred == c).any()
-    return row
-
-
-def keep_largest_components(pred, num_classes):
-    """Largest 26-connected component of each foreground class; everything else becomes background (0)."""
-    out = np.zeros_like(pred)
-    for c in range(1, num_classes):
-        out[largest_connected_component(pred == c)] = c
-    return out
-
-
-def test_all_case(net, cases, num_classes, patch_size, stride_xy, stride_z, device=None, lcc=False, spacing=None,
-                  lineage_empty=False, save_fn=None, batch_size=1, weight=None, progress=True, channels_last=False,
-                  amp=None):
-    """Segment and score every case of `cases`, an iterable of (case_id, image (X,Y,Z), label (X,Y,Z)).
-
-    lcc: keep only the largest connected component per class before scoring. save_fn(case_id, pred, image, label,
-    score) is called with the scored prediction. channels_last, amp: as in test_single_case. Returns one dict per
-    case: 'case', 'dice', 'jaccard', 'hd95', 'asd', 'empty', 'gt_empty', 'seconds' (inference wall time incl.
-    transfers), 'shape', and per-class columns when num_classes > 2 (see case_metrics); utils.metrics.summarize
-    turns them into mean ± std.
-    """
-    rows = []
-    for case_id, image, label in tqdm(cases, desc='test', unit='case', disable=not progress):
-        start = time.perf_counter()
-        pred, score = test_single_case(net, image, stride_xy, stride_z, patch_size, num_classes, device=device,
-                                       batch_size=batch_size, weight=weight, channels_last=channels_last, amp=amp)
-        seconds = time.perf_counter() - start  # .cpu() in test_single_case synchronises, so this is device time too
-        if lcc:
-            pred = keep_largest_components(pred, num_classes)
-        row = {'case': str(case_id)}
-        row.update(case_metrics(pred, label, num_classes, spacing, lineage_empty))
-        row['seconds'] = seconds
-        row['shape'] = list(np.shape(image))
-        if save_fn is not None:
-            save_fn(case_id, pred, image, label, score)
-        rows.append(row)
-    return rows
-
-
-# pytest collects functions named test_* that a test module imports; these are library functions, not tests
+# pytest collects functions named test_* that a test module imports; this is a library function, not a test
 test_single_case.__test__ = False
-test_all_case.__test__ = False

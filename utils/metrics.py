@@ -8,7 +8,8 @@ numpy/scipy only (medpy is not a dependency). Definitions, for binary masks P (p
     d(A→B) = for every voxel of S(A), the Euclidean distance (scaled by `spacing`) to the nearest voxel of S(B)
     hd95 = 95th percentile (numpy's linear interpolation) of d(P→G) ∪ d(G→P)
     asd  = mean of d(P→G)            (medpy's asd is directed: result surface to reference surface)
-Distances are in voxels unless a spacing is given.
+Distances are in voxels unless a spacing is given. case_metrics gathers them into one case's row,
+keep_largest_components is the optional largest-component post-processing.
 """
 
 import numpy as np
@@ -86,6 +87,22 @@ def calculate_metric_percase(pred, gt, spacing=None, lineage_empty=False):
     return dice, jaccard, hd95, asd
 
 
+def case_metrics(pred, label, num_classes, spacing=None, lineage_empty=False):
+    """Metrics of one case as a dict: foreground (non-zero) vs foreground, as the lineage and medpy's bool cast do,
+    plus per-class columns '<metric>_<c>' and 'empty_<c>' when num_classes > 2. 'empty': no foreground predicted;
+    'gt_empty': no foreground in the label (distances are then NaN)."""
+    pred, label = np.asarray(pred), np.asarray(label)
+    row = dict(zip(METRICS, calculate_metric_percase(pred, label, spacing, lineage_empty)))
+    row['empty'] = not pred.any()
+    row['gt_empty'] = not label.any()
+    if num_classes > 2:
+        for c in range(1, num_classes):
+            values = calculate_metric_percase(pred == c, label == c, spacing, lineage_empty)
+            row.update({f'{m}_{c}': v for m, v in zip(METRICS, values)})
+            row[f'empty_{c}'] = not (pred == c).any()
+    return row
+
+
 def largest_connected_component(mask):
     """Boolean mask of the largest 26-connected component of mask != 0 (all-False when the mask is empty).
 
@@ -100,12 +117,21 @@ def largest_connected_component(mask):
     return labels == (int(np.argmax(sizes)) + 1)
 
 
+def keep_largest_components(pred, num_classes):
+    """Largest 26-connected component of each foreground class; everything else becomes background (0)."""
+    out = np.zeros_like(pred)
+    for c in range(1, num_classes):
+        out[largest_connected_component(pred == c)] = c
+    return out
+
+
 def summarize(per_case_rows, keys=None):
     """Mean and population std (np.std, ddof=0) of each metric over cases.
 
-    per_case_rows: list of dicts as test_all_case returns ('dice', 'jaccard', 'hd95', 'asd', optional per-class
-    columns such as 'dice_2', and 'empty'). NaN values (undefined distances) are left out of that metric's mean/std;
-    'n' says how many cases entered it. Returns {'n_cases', 'n_empty', <key>: {'mean', 'std', 'n'}, ...}.
+    per_case_rows: list of dicts as case_metrics and utils.evaluation.test_all_case return ('dice', 'jaccard',
+    'hd95', 'asd', optional per-class columns such as 'dice_2', and 'empty'). NaN values (undefined distances)
+    are left out of that metric's mean/std; 'n' says how many cases entered it.
+    Returns {'n_cases', 'n_empty', <key>: {'mean', 'std', 'n'}, ...}.
     """
     rows = list(per_case_rows)
     if keys is None:
