@@ -4,6 +4,9 @@ Encoder, with f = n_filters: 7x7x7 stride-1 stem conv to f channels + norm + ReL
 then BasicBlock stages [3, 4, 6, 3] at 2f/4f/8f/16f channels, each starting with stride 2.
 The stem and stage outputs are the five skips, at the widths and sizes of V-Net's encoder,
 so the decoder (vnet.VNetDecoderNet) is the same code. Shapes as in vnet.py.
+
+Not copyable alone: it imports the decoder from vnet.py, so a fork copies vnet.py beside it (the two files in
+one package, for the relative import).
 """
 from torch import nn
 
