@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # method's losses, then its extra values (written out here, not read from train.py).
 ITERATION_COLUMNS = {
     'dual': ['lr', 'loss', 'sup_a', 'sup_b', 'dice_a', 'dice_b', 'mc_a', 'mc_b', 'reg', 'urps', 'cps_a', 'cps_b',
-             'con', 'label_fg', 'reliable', 'pseudo_fg', 'reliable_fg', 'winner', 'lambda_con', 'unsup_weight'],
+             'con', 'label_fg', 'reliable', 'pseudo_fg', 'reliable_fg', 'winner', 'con_weight', 'unsup_weight'],
     'mt': ['lr', 'loss', 'sup', 'dice', 'consistency', 'consistency_weight'],
     'sup': ['lr', 'loss', 'sup', 'dice'],
 }
@@ -29,7 +29,7 @@ def true_float32_on_cuda(request):
     """Tests marked cuda compare with the CPU in true float32: cuDNN's own default runs float32 convolutions
     in TF32 on Ampere and later GPUs, whose rounding is far above their tolerances."""
     if request.node.get_closest_marker('cuda') is not None:
-        from utils.seeding import set_tf32
+        from utils.device import set_tf32
         set_tf32(False)
     yield
 

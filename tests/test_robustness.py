@@ -7,6 +7,7 @@ with monkeypatch; signals and SIGKILL hit a real training subprocess.
 import ast
 import errno
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ import pytest
 import torch
 
 import train
-from dataloaders import H5Dataset
+from dataloaders.datasets import H5Dataset
 from dataloaders.datasets import LA_SUBDIR
 from conftest import train_argv
 from networks import ResNet34VNet, VNet
@@ -115,6 +116,15 @@ def list_with(extra_id):
     return build
 
 
+def recipe_of_classes(num_classes):
+    """The data folder with an import recipe (dataset.json) that says how many classes the import made."""
+    def build(src, dst):
+        copy_dataset(src, dst)
+        (dst / 'dataset.json').write_text(json.dumps({'format_version': 1, 'num_classes': num_classes,
+                                                      'labels': {str(c): c for c in range(num_classes)}}))
+    return build
+
+
 def no_list(src, dst):
     copy_dataset(src, dst)
     (dst / 'train.list').unlink()
@@ -200,6 +210,12 @@ BAD = {
     'labeled_bs_not_below_batch_mt': (None, None, ['--method', 'mt', '--labeled_bs', '3', '--batch_size', '2'],
                                       ['--labeled_bs 3', '--batch_size 2']),
     'semi_without_unlabeled': (None, None, ['--labelnum', '8'], ['--labelnum 8', 'unlabeled']),
+    'num_classes_against_the_import': (recipe_of_classes(3), None, ['--num_classes', '2'],
+                                       ['--num_classes 2', 'dataset.json', '3 classes']),
+    'la_data_not_fetched': (None, None, ['--root_path', '/nonexistent/LA'], ['/nonexistent/LA', 'git clone']),
+    # 8 cases, batches of 2 labeled + 2 unlabeled: 2 to 6 labeled volumes fit, and the line says so
+    'labelnum_leaves_too_few_unlabeled': (None, None, ['--labelnum', '7', '--labeled_bs', '2', '--batch_size', '4'],
+                                          ['--labelnum 7', 'fit --labelnum 2 to 6']),
     'gpu_list_without_torchrun': (None, None, ['--gpu', '0,1'], ['--gpu 0,1', 'torchrun']),
     'synthetic_into_foreign_folder': (foreign_folder, None, ['--dataset', 'synthetic'], ['synthetic.json']),
     'synthetic_four_classes': (None, None, ['--dataset', 'synthetic', '--num_classes', '4', '--root_path', 'new'],
@@ -219,7 +235,7 @@ BAD = {
                                          ['given.pth', 'not a training checkpoint']),
     'resume_other_settings': (None, checkpoint_with(lambda c: None), ['--resume', GIVEN, '--base_lr', '0.02'],
                               ['given.pth', 'base_lr', '0.01', '0.02']),
-    'resume_other_filter': (None, checkpoint_with(lambda c: None), ['--resume', GIVEN, '--filter', 'classwise'],
+    'resume_other_filter': (None, checkpoint_with(lambda c: None), ['--resume', GIVEN, '--cps_filter', 'classwise'],
                             ['given.pth', 'filter', 'global', 'classwise']),
     'resume_other_lambda_cps': (None, checkpoint_with(lambda c: None), ['--resume', GIVEN, '--lambda_cps', '0.5'],
                                 ['given.pth', 'lambda_cps', '1.0', '0.5']),

@@ -14,24 +14,24 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 import train
-from dataloaders import (Compose, H5Dataset, IterationBatchSampler, RandomCrop, ToTensor, TwoStreamBatchSampler,
-                         normalize_intensity)
+from dataloaders.datasets import H5Dataset
+from dataloaders.samplers import IterationBatchSampler, TwoStreamBatchSampler
+from dataloaders.transforms import Compose, RandomCrop, ToTensor, normalize_intensity
 from conftest import ITERATION_COLUMNS, require_extra, train_argv
 from losses import supervised_loss
 from networks import ResNet34VNet, VNet
 from utils.cli import UsageError, run_cli
 from utils.checkpoint import CheckpointError, save_checkpoint
-from utils.config import run_keys, select_device
-from utils import run_control
-from utils.resume import restore
-from utils.run_log import IterationCSV
-from utils.seeding import seed_everything
+from utils.processes import select_device
+from utils.resume import restore, run_keys
+from utils.run_log import CollapseWatch, IterationCSV
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 1337
@@ -248,7 +248,7 @@ def test_each_term_reaches_exactly_the_networks_method_md_says(tiny_pair, monkey
     # the total is the supervised pair plus this term with its weight, nothing else
     on = {'alpha_mc': ['mc_a', 'mc_b'], 'lambda_reg': ['reg'], 'lambda_urps': ['urps'],
           'lambda_cps': ['cps_a', 'cps_b'], 'lambda_con': ['con']}.get(weight, [])
-    factor = extra['lambda_con'] if weight == 'lambda_con' else 1.0
+    factor = extra['con_weight'] if weight == 'lambda_con' else 1.0
     assert 0 < factor <= 1
     expect_total = record['sup_a'] + record['sup_b'] + factor * sum((record[t] for t in on), torch.zeros(()))
     assert torch.allclose(total, expect_total, rtol=1e-6, atol=1e-7)
@@ -266,7 +266,7 @@ def test_total_weighs_each_term_by_its_own_weight_and_ramps_reg_urps_and_cps_onl
     cfg = term_cfg(ramp_unsup=ramp_unsup, **w)
     total, r, extra = dual_terms(net_a, net_b, image, label, cfg, 3)
     ramp = math.exp(-5 * (1 - 3 / 10) ** 2)  # sigmoid ramp at iteration 3 of 10
-    assert extra['lambda_con'] == pytest.approx(0.45 * ramp)
+    assert extra['con_weight'] == pytest.approx(0.45 * ramp)
     assert extra['unsup_weight'] == pytest.approx(ramp if ramp_unsup else 1.0)
     assert all(r[t] != 0 for t in ('mc_a', 'mc_b', 'reg', 'urps', 'cps_a', 'cps_b', 'con'))
     u = ramp if ramp_unsup else 1.0
@@ -325,9 +325,9 @@ class HostReads(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize('method,filter_mode', [('dual', 'global'), ('dual', 'classwise'), ('mt', 'global'),
+@pytest.mark.parametrize('method,cps_filter', [('dual', 'global'), ('dual', 'classwise'), ('mt', 'global'),
                                                 ('sup', 'global')])
-def test_a_training_step_never_waits_for_the_device(tiny_pair, monkeypatch, method, filter_mode):
+def test_a_training_step_never_waits_for_the_device(tiny_pair, monkeypatch, method, cps_filter):
     """One train_step of every method, every term but L_con on (its own file's business), reads nothing back
     from the device: the winner (was 1 read), the classwise filter (was 8), the EMA. On a GPU each read would
     stall the host until the queued kernels finish."""
@@ -336,7 +336,7 @@ def test_a_training_step_never_waits_for_the_device(tiny_pair, monkeypatch, meth
     def cuda_one_hot(x, num_classes):  # F.one_hot's CUDA path: on the CPU only it reads min and max to check x
         return torch.zeros(*x.shape, num_classes, dtype=torch.long).scatter_(-1, x.unsqueeze(-1), 1)
     monkeypatch.setattr(torch.nn.functional, 'one_hot', cuda_one_hot)
-    cfg = {**term_cfg(alpha_mc=0.5, lambda_reg=1.0, lambda_urps=1.0, lambda_cps=1.0), 'filter': filter_mode,
+    cfg = {**term_cfg(alpha_mc=0.5, lambda_reg=1.0, lambda_urps=1.0, lambda_cps=1.0), 'cps_filter': cps_filter,
            'method': method, 'ema_decay': 0.99, 'consistency': 0.1, 'base_lr': 0.01}
     nets = {'dual': {'net_a': net_a, 'net_b': net_b}, 'mt': {'net_a': net_a, 'ema': train.copy.deepcopy(net_a)},
             'sup': {'net_a': net_a}}[method]
@@ -378,13 +378,13 @@ def test_add_noise_is_the_clipped_gaussian_of_the_mean_teacher():
     assert torch.equal(y, train.add_noise(x, 0.1, torch.Generator().manual_seed(0)))
 
 
-@pytest.mark.parametrize('filter_mode', ['global', 'classwise', 'none'])
-def test_cps_variants_reach_exactly_their_own_network(tiny_pair, filter_mode):
+@pytest.mark.parametrize('cps_filter', ['global', 'classwise', 'none'])
+def test_cps_variants_reach_exactly_their_own_network(tiny_pair, cps_filter):
     net_a, net_b, image, label = tiny_pair
-    cfg = term_cfg(lambda_cps=1.0, cps_filter=filter_mode)
+    cfg = term_cfg(lambda_cps=1.0, cps_filter=cps_filter)
     total, record, extra = dual_terms(net_a, net_b, image, label, cfg, 5)
     assert grads(record['cps_a'], net_a, net_b) == {'A'} and grads(record['cps_b'], net_a, net_b) == {'B'}
-    assert (record['reliable'] == 1) == (filter_mode == 'none')
+    assert (record['reliable'] == 1) == (cps_filter == 'none')
     assert 0 < record['pseudo_fg'] < 1 and 0 <= record['reliable_fg'] <= 1
 
 
@@ -399,7 +399,7 @@ def test_dual_step_returns_what_its_docstring_says(tiny_pair):
     assert record['label_fg'] == (label[:2] > 0).float().mean()
     assert list(extra) == ITERATION_COLUMNS['dual'][17:]
     assert extra['winner'].dtype == torch.bool and extra['winner'].dim() == 0  # read by the host only to log
-    assert all(isinstance(extra[k], (int, float)) for k in ('lambda_con', 'unsup_weight'))
+    assert all(isinstance(extra[k], (int, float)) for k in ('con_weight', 'unsup_weight'))
 
 
 def test_training_normalises_each_volume_like_test_py(phantoms):
@@ -446,10 +446,9 @@ def test_pair_sup_equals_supervised_training_of_both_networks_by_hand(phantoms, 
     trained = load(tmp_path / 'run' / 'final.pth')
 
     # the same seeds, the same networks, the same keyed batches, plain SGD on each supervised loss
-    seed_everything(SEED)
+    torch.manual_seed(SEED)  # train.py seeds once, before the networks are made
     kw = dict(n_channels=1, n_classes=2, n_filters=2, normalization='batchnorm', has_dropout=True)
     net_a, net_b = VNet(**kw).train(), ResNet34VNet(**kw).train()
-    torch.manual_seed(SEED)
     optims = [torch.optim.SGD(n.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4) for n in (net_a, net_b)]
     data = H5Dataset(phantoms, transform=Compose([RandomCrop((16, 16, 16)), ToTensor()]), num_classes=2)
     batches = TwoStreamBatchSampler(range(labelnum), range(labelnum, len(data)), 2, 1, seed=SEED)
@@ -579,13 +578,13 @@ def test_a_resume_must_match_every_flag_but_run_control():
     parser = train.build_parser()
     flags = set(vars(parser.parse_args([])))
     assert RUN_CONTROL <= flags
-    keys = run_keys(parser)
+    keys = run_keys(parser, train.RUN_CONTROL)
     assert sorted(keys) == sorted(flags - RUN_CONTROL)
-    for flag in ('normalize', 'filter', 'ramp_unsup', *WEIGHTS, 'seed', 'uncertain_percent', 'conf_thresh',
+    for flag in ('normalize', 'cps_filter', 'ramp_unsup', *WEIGHTS, 'seed', 'uncertain_percent', 'conf_thresh',
                  'contrast_tau', 'contrast_samples', 'ema_decay', 'consistency',
                  'amp', 'deterministic', 'sync_bn', 'channels_last', 'tf32'):  # each changes the numbers
         assert flag in keys, flag
-    # refusing a changed --filter / --lambda_cps: tests/test_robustness.py, resume_other_*
+    # refusing a changed --cps_filter / --lambda_cps: tests/test_robustness.py, resume_other_*
 
 
 def test_resume_with_other_run_control_flags_is_the_same_run(phantoms, reference, tmp_path):
@@ -734,8 +733,28 @@ def test_torchrun_two_processes_gloo_and_its_exact_resume(phantoms, tmp_path, ca
     cfg['channels_last'] = fewer['config']['channels_last']  # as train.py resolves it on the CPU
     nets = train.build_networks(cfg, torch.device('cpu'))
     with pytest.raises(CheckpointError, match='written by 1 process.*this run has 2.*at most 1'):
-        restore(tmp_path / 'fewer' / 'final.pth', cfg, run_keys(train.build_parser()), nets,
-                train.build_optimizers(cfg, nets), rank=1, world_size=2)
+        restore(tmp_path / 'fewer' / 'final.pth', cfg, run_keys(train.build_parser(), train.RUN_CONTROL), nets,
+                train.build_optimizers(cfg, nets), train.grad_scaler(None),
+                SimpleNamespace(rank=1, world_size=2, is_main=False, device=torch.device('cpu')))
+
+
+def test_num_classes_comes_from_the_import_recipe_and_a_contradicting_flag_is_refused(tmp_path):
+    (tmp_path / 'dataset.json').write_text(json.dumps({'format_version': 1, 'num_classes': 3}))
+    folder = ['--dataset', 'h5', '--root_path', str(tmp_path)]
+    cfg = train.parse_args(folder)
+    assert cfg['num_classes'] == 3 and cfg['recipe']['num_classes'] == 3
+    assert train.parse_args(folder + ['--num_classes', '3'])['num_classes'] == 3
+    with pytest.raises(UsageError, match=r'--num_classes 2, but .*dataset.json says the import made 3 classes'):
+        train.parse_args(folder + ['--num_classes', '2'])
+    assert train.parse_args(['--dataset', 'h5', '--root_path', str(tmp_path / 'none')])['num_classes'] == 2
+    (tmp_path / 'dataset.json').write_text('{not json')
+    with pytest.raises(UsageError, match='dataset.json: not a readable import recipe'):
+        train.parse_args(folder)
+
+
+def test_a_renamed_flag_is_refused_naming_its_new_name():
+    with pytest.raises(UsageError, match='--filter is now called --cps_filter'):
+        train.parse_args(['--filter', 'classwise'])
 
 
 # --------------------------------------------------------------------------------- the paper by default
@@ -750,9 +769,9 @@ def papers_settings():
 
 def test_no_flags_train_the_papers_settings_of_docs_method_md():
     """With no flags, every row of docs/method.md's table of the papers' settings is what train.py resolves:
-    a default moved away from the paper (say --filter classwise or --ramp_unsup 1 again) fails here."""
+    a default moved away from the paper (say --cps_filter classwise or --ramp_unsup 1 again) fails here."""
     table = papers_settings()
-    assert {'--filter', '--ramp_unsup', '--lambda_urps', '--lambda_cps', '--max_iterations'} <= set(table)
+    assert {'--cps_filter', '--ramp_unsup', '--lambda_urps', '--lambda_cps', '--max_iterations'} <= set(table)
     defaults = train.parse_args([])
     stored = {action.dest: action for action in train.build_parser()._actions}
     for flag, value in table.items():
@@ -774,7 +793,6 @@ def test_our_options_are_marked_ours_in_help():
 # --------------------------------------------------------------------------------- a collapsing run says so
 
 def test_collapse_watch_warns_once_when_the_window_mean_stays_far_below():
-    from utils.collapse import CollapseWatch
     watch = CollapseWatch(window=3, ratio=0.25)
     # a full window is needed; one low value in a healthy window is not a collapse
     assert [watch.update(p, 0.2) for p in (0.0, 0.0, 0.2)] == [None, None, None]  # mean 0.067 >= 0.05
@@ -835,7 +853,7 @@ def test_best_pth_survives_a_resume_when_later_validations_are_worse(phantoms, t
         if score == 'stop':
             raise KeyboardInterrupt
         return score
-    monkeypatch.setattr(run_control, 'validate', scripted)
+    monkeypatch.setattr(train, 'validate', scripted)
     run = tmp_path / 'run'
     flags = dict(max_iterations=8, save_every=2, val_every=2)
     with pytest.raises(KeyboardInterrupt):

@@ -31,6 +31,18 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
 
 
+def parse_patch(text):
+    """--patch_size '112,112,80' -> (112, 112, 80); every dimension divisible by 16 (the V-Net halves it 4 times)."""
+    try:
+        dims = tuple(int(v) for v in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'--patch_size {text!r}: expected three integers like 112,112,80')
+    if len(dims) != 3 or any(d <= 0 or d % 16 for d in dims):
+        raise argparse.ArgumentTypeError(
+            f'--patch_size {text!r}: need three positive sizes divisible by 16 (the V-Net halves them 4 times)')
+    return dims
+
+
 def message(error):
     """The one line run_cli prints for a user error."""
     if isinstance(error, OSError) and error.filename:

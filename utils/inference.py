@@ -100,7 +100,7 @@ def test_single_case(net, image, stride_xy, stride_z, patch_size, num_classes, d
     both contiguous; the networks are converted in place, as net.to(memory_format=...) does (a no-op when they are
     in that format already).
     amp: None (float32), or the dtype the forward passes autocast to (torch.float16 / torch.bfloat16; --amp passes
-    utils.config.amp_dtype(device)); softmax, averaging and scores stay float32.
+    utils.device.amp_dtype(device)); softmax, averaging and scores stay float32.
     Returns (label_map int64 numpy (X,Y,Z), score_map float32 numpy (C,X,Y,Z)).
     """
     if amp is not None and not isinstance(amp, torch.dtype):

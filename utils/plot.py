@@ -91,9 +91,9 @@ def spans_decades(arrays):
     return len(values) > 0 and values.max() > LOG_RATIO * values.min()
 
 
-def run_title(run_dir, last_iteration):
+def run_title(snapshot_path, last_iteration):
     """'<folder>: <method>, iteration i of T' (plus 'in progress' when the run has not reached T)."""
-    config_path = Path(run_dir) / 'config.json'
+    config_path = Path(snapshot_path) / 'config.json'
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     done = last_iteration + 1
     total = config.get('max_iterations')
@@ -101,7 +101,7 @@ def run_title(run_dir, last_iteration):
     progress = f'iteration {done}' + (f' of {total}' if total else '')
     if total and done < total:
         progress += ' (in progress)'
-    return f'{Path(run_dir).resolve().name}: {method}{progress}'
+    return f'{Path(snapshot_path).resolve().name}: {method}{progress}'
 
 
 def plot_curves(columns, path, title):
@@ -189,14 +189,14 @@ def plot_cases(cases, path, title, units='voxels'):
 
 def main(argv=None):
     parser = OneLineParser(prog=COMMAND, description=__doc__.split('\n')[0])
-    parser.add_argument('run_dir', help='a train.py run folder (or a test.py --out_dir)')
-    parser.add_argument('--out', default=None, help='folder for the PNGs (default: run_dir)')
+    parser.add_argument('snapshot_path', help='a train.py run folder (or a test.py --out_dir)')
+    parser.add_argument('--out', default=None, help='folder for the PNGs (default: snapshot_path)')
     args = parser.parse_args(argv)
-    run_dir = Path(args.run_dir)
-    out = Path(args.out) if args.out is not None else run_dir
-    iterations, cases_csv = run_dir / 'iterations.csv', run_dir / 'test_cases.csv'
+    snapshot_path = Path(args.snapshot_path)
+    out = Path(args.out) if args.out is not None else snapshot_path
+    iterations, cases_csv = snapshot_path / 'iterations.csv', snapshot_path / 'test_cases.csv'
     if not iterations.is_file() and not cases_csv.is_file():
-        raise UsageError(f'{run_dir}: no iterations.csv or test_cases.csv (train.py and test.py write them)')
+        raise UsageError(f'{snapshot_path}: no iterations.csv or test_cases.csv (train.py and test.py write them)')
     optional_import('matplotlib.figure', COMMAND, 'matplotlib')
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -204,15 +204,15 @@ def main(argv=None):
         columns = read_iterations(iterations)
         if not columns:
             raise UsageError(f'{iterations}: no complete row yet; try again after the first iterations')
-        plot_curves(columns, out / 'curves.png', run_title(run_dir, int(columns['iteration'][-1])))
+        plot_curves(columns, out / 'curves.png', run_title(snapshot_path, int(columns['iteration'][-1])))
         written.append(out / 'curves.png')
     if cases_csv.is_file():
-        summary_path = run_dir / 'test_summary.json'
+        summary_path = snapshot_path / 'test_summary.json'
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         cases = read_cases(cases_csv)
         if cases:
             units = summary.get('units', {}).get('hd95', 'voxels')
-            plot_cases(cases, out / 'cases.png', f'{run_dir.resolve().name}: {len(cases)} test cases', units)
+            plot_cases(cases, out / 'cases.png', f'{snapshot_path.resolve().name}: {len(cases)} test cases', units)
             written.append(out / 'cases.png')
     print('wrote ' + ', '.join(str(p) for p in written))
     return 0
