@@ -15,13 +15,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dataloaders import normalize_intensity
-from importers.volumes import StagingDir, scan_problem, to_network_grid, to_scan_grid, to_stored
+from dataloaders.transforms import normalize_intensity
+from importers.volumes import StagingDir, recipe_problems, scan_problem, to_network_grid, to_scan_grid, to_stored
 from utils.cli import OneLineParser, UsageError, run_cli
 from utils.inference import test_single_case
 from utils.metrics import keep_largest_components
-from utils.trained import PictureWriter, add_trained_args, open_trained, parse_spacing, read_flags
-from utils.volume_io import (UniqueNames, input_files, is_scan, label_dtype, label_map_suffix,
+from utils.trained import (PictureWriter, add_trained_args, open_trained, parse_spacing, read_flags,
+                           require_matplotlib)
+from utils.volume_io import (UniqueNames, input_files, is_scan, label_dtype, label_map_suffix, nibabel_or_none,
                              read_scan_input, read_volume, spacing_affine, volume_suffix, write_label_map)
 
 
@@ -103,10 +104,22 @@ def segment_volume(path, cfg, segment):
 
 def main(argv=None):
     cfg = parse_args(argv)
-    nets, info, window, _, nib = open_trained(cfg)
-    out_dir = Path(cfg['out_dir'] if cfg['out_dir'] is not None else info['run_dir'])
+    if cfg['save_png']:
+        require_matplotlib()
+    nib = nibabel_or_none()
+    if cfg['nifti'] and nib is None:
+        raise UsageError('--nifti needs nibabel, which is not installed: pip install nibabel')
+    nets, info, window, _ = open_trained(cfg)
+    out_dir = Path(cfg['out_dir'] if cfg['out_dir'] is not None else info['snapshot_path'])
 
     recipe = info['recipe']
+    if recipe is not None:
+        problems = recipe_problems(recipe)
+        if not problems and recipe['num_classes'] != cfg['num_classes']:
+            problems = [f'num_classes {recipe["num_classes"]}, but the networks have {cfg["num_classes"]}']
+        if problems:
+            raise UsageError(f'{info["checkpoint"]}: its import recipe (the data folder\'s dataset.json): '
+                             f'{problems[0]}')
     sources = input_files(cfg['input'], series=recipe is not None)
     check_inputs(sources, recipe, info['checkpoint'], nib, cfg['series'])
     if recipe is not None and recipe['crop'] == 'label' and any(is_scan(p) for p in sources):

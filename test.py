@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dataloaders import H5Dataset, NormalizeIntensity
+from dataloaders.datasets import H5Dataset
+from dataloaders.transforms import NormalizeIntensity
 from utils.cli import OneLineParser, UsageError, run_cli
-from utils.metrics import METRICS, summarize
 from utils.evaluation import test_all_case
-from utils.trained import PictureWriter, add_trained_args, open_trained, parse_spacing, read_flags
-from utils.volume_io import PredictionWriter
+from utils.metrics import METRICS, summarize
+from utils.trained import PictureWriter, add_trained_args, open_trained, parse_spacing, read_flags, require_matplotlib
 
 SEGMENT = 'test.py evaluates a list; segment new scans with python segment.py --checkpoint ... --input ...'
 
@@ -153,20 +153,24 @@ def json_safe(obj):
 
 def main(argv=None):
     cfg = parse_args(argv)
-    nets, info, window, device, nib = open_trained(cfg)
-    if cfg['root_path'] is None:
-        raise UsageError(f'--dataset {cfg["dataset"]} has no default folder: pass --root_path')
-    out_dir = Path(cfg['out_dir'] if cfg['out_dir'] is not None else info['run_dir'])
+    if cfg['save_png']:
+        require_matplotlib()
+    nib = None
+    if cfg['save_pred'] and not cfg['h5']:  # .nii.gz where nibabel is installed (--nifti: required)
+        from utils.volume_io import nibabel_or_none
+        nib = nibabel_or_none()
+        if cfg['nifti'] and nib is None:
+            raise UsageError('--nifti needs nibabel, which is not installed: pip install nibabel')
+    nets, info, window, device = open_trained(cfg)
+    out_dir = Path(cfg['out_dir'] if cfg['out_dir'] is not None else info['snapshot_path'])
+    savers = [PictureWriter(out_dir / 'pictures', cfg['spacing'])] if cfg['save_png'] else []
     out_dir.mkdir(parents=True, exist_ok=True)
 
     dataset = H5Dataset(cfg['root_path'], split=cfg['split'], list_file=cfg['list_file'], pattern=cfg['pattern'],
                         num_classes=cfg['num_classes'], transform=NormalizeIntensity(cfg['normalize']))
-    savers = []
     if cfg['save_pred']:
-        savers.append(PredictionWriter(out_dir / 'predictions', None if cfg['h5'] else nib, cfg['spacing'],
-                                       cfg['num_classes']))
-    if cfg['save_png']:
-        savers.append(PictureWriter(out_dir / 'pictures', cfg['spacing']))
+        from utils.volume_io import PredictionWriter
+        savers.append(PredictionWriter(out_dir / 'predictions', nib, cfg['spacing'], cfg['num_classes']))
     names = '+'.join(w.upper() for w in nets)
     source = info['checkpoint'] if isinstance(info['checkpoint'], str) else ' and '.join(info['checkpoint'].values())
     print(f'{info["label"]}: networks {names} of {source} on {len(dataset)} cases of '

@@ -84,7 +84,7 @@ def normalize_intensity(image, mode):
     """'zscore': (image - mean) / std over the whole volume (std floored at 1e-8); 'none': image as stored.
 
     Why: the lineage z-scored each raw scan over its full field of view and then cropped around the
-    atrium, so stored LA crops differ about 5x in scale; re-z-scoring the stored volume removes that.
+    atrium, so the stored LA crops differ in scale from case to case; re-z-scoring the stored volume removes that.
     image: numpy (X,Y,Z). Returns float32.
     """
     if mode not in NORMALIZE_MODES:

@@ -163,7 +163,7 @@ def test_folder_init_imports_only_its_folder(folder):
 
 
 def test_cli_recognises_user_errors_without_importing_the_packages_that_define_them():
-    from dataloaders import DatasetError
+    from dataloaders.datasets import DatasetError
     from dataloaders.synthetic import SyntheticDataError
     from importers.volumes import VolumeError
     from utils.checkpoint import CheckpointError

@@ -9,8 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dataloaders import (DatasetError, H5Dataset, IterationBatchSampler, LabeledBatchSampler, LAHeart,
-                         RandomCrop, RandomNoise, ToTensor, Compose, validate_case)
+from dataloaders.datasets import DatasetError, H5Dataset, LAHeart, validate_case
+
+from dataloaders.samplers import IterationBatchSampler, LabeledBatchSampler
+
+from dataloaders.transforms import Compose, RandomCrop, RandomNoise, ToTensor
 from dataloaders.datasets import LA_SUBDIR
 
 LA_DIR = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'LA'

@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 from torch.utils.data import DataLoader
 
-from dataloaders import IterationBatchSampler, LabeledBatchSampler, TwoStreamBatchSampler
+from dataloaders.samplers import IterationBatchSampler, LabeledBatchSampler, TwoStreamBatchSampler
 
 PRIMARY = list(range(8))
 SECONDARY = list(range(8, 30))

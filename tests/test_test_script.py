@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import require_extra
-from dataloaders import normalize_intensity
+from dataloaders.transforms import normalize_intensity
 from dataloaders.datasets import LA_SUBDIR
 from dataloaders.synthetic import make_synthetic_dataset
 from importers.volumes import read_scan

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from dataloaders import CenterCrop, Compose, RandomCrop, RandomNoise, RandomRotFlip, ToTensor
+from dataloaders.transforms import CenterCrop, Compose, RandomCrop, RandomNoise, RandomRotFlip, ToTensor
 
 
 def make_sample(shape=(20, 18, 12), seed=0):
