@@ -8,7 +8,7 @@ import time
 import torch
 
 import train
-from utils.config import amp_dtype
+from utils.device import amp_dtype
 
 # train.py's loss weights of pair-sup: the two networks with their supervised losses only
 SUPERVISED_ONLY = dict(alpha_mc=0, lambda_reg=0, lambda_urps=0, lambda_cps=0, lambda_con=0)

@@ -8,7 +8,7 @@ when its mean test Dice ends more than --behind points below sup's of the same s
 run logs, averaged over the iterations up to --at of the run (0.3: in time to act), a one-sided threshold
 is fitted on the runs of --fit_seeds (the cut that classifies most of them right) and checked on the
 other seeds' runs: hits (failed runs it flags) and false alarms (other runs it flags). The collapse watch
-as train.py runs it (utils/collapse.py) is checked the same way, fed the block means. Prints Markdown tables.
+as train.py runs it (utils/run_log.py) is checked the same way, fed the block means. Prints Markdown tables.
 """
 import argparse
 import csv
@@ -18,7 +18,7 @@ import numpy as np
 
 from benchmarks.plot_la_study import RUN_NAME
 from utils.cli import UsageError, run_cli
-from utils.collapse import CollapseWatch
+from utils.run_log import CollapseWatch
 
 
 def read_csv(path):

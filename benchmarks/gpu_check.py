@@ -49,9 +49,9 @@ from benchmarks.common import SUPERVISED_ONLY, step_on_batch, sync
 from benchmarks.lineage import per_window_loop
 from dataloaders.synthetic import make_phantom, make_synthetic_dataset
 from utils.checkpoint import load_checkpoint, load_weights
-from utils.config import amp_dtype, select_device
+from utils.device import amp_dtype, device_of as select_device
 from utils.inference import test_single_case
-from utils.seeding import seed_everything, set_cudnn, set_tf32
+from utils.device import set_cudnn, set_tf32
 
 FULL = dict(patch=(112, 112, 80), n_filters=16, volume=(180, 140, 88), stride=(18, 4),
             resume=dict(phantom=(80, 80, 64), patch='64,64,48', n_filters=8))
@@ -366,7 +366,7 @@ def main(argv=None):
         sys.exit(f'error: --gpu {args.gpu}: no CUDA device to check; --quick --gpu -1 runs every step at tiny size '
                  f'on the CPU')
     device = select_device(args.gpu)
-    seed_everything(0)  # each step sets cuDNN's mode and --tf32 as the command it stands for
+    torch.manual_seed(0)  # each step sets cuDNN's mode and --tf32 as the command it stands for
     if args.quick and device.type == 'cpu':
         torch.set_num_threads(1)  # tiny tensors gain nothing from threads, and a shared machine's load hurts less
     start = time.perf_counter()

@@ -22,7 +22,9 @@ import torch
 
 from benchmarks.lineage import per_window_loop
 from utils.cli import OneLineParser, run_cli
-from utils.config import build_net, parse_patch, select_device
+from networks import build_net
+from utils.cli import parse_patch
+from utils.device import device_of as select_device
 from utils.inference import test_single_case
 
 

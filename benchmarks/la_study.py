@@ -43,10 +43,10 @@ from scipy import ndimage
 
 import train
 from benchmarks.common import SUPERVISED_ONLY
-from dataloaders import read_list
+from dataloaders.datasets import read_list
 from dataloaders.datasets import LA_SUBDIR
 from utils.cli import UsageError, run_cli
-from utils.config import run_keys
+from utils.resume import run_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,16 +140,16 @@ def run_dir_of(name, seed, args):
     return Path(args.out) / f'{name}_seed{seed}'
 
 
-def data_flags(seed, cache, args, run_dir):
-    """The flags train.py and test.py both get: data, networks, device, seed and run folder."""
+def data_flags(cache, args, run_dir):
+    """The flags train.py and test.py both get: data, networks, device and run folder."""
     return ['--dataset', 'h5', '--root_path', str(cache), '--pattern', '{id}/mri_norm2.h5',
             '--patch_size', args.patch_size, '--n_filters', str(args.n_filters), '--gpu', args.gpu,
-            '--labelnum', str(args.labelnum), '--seed', str(seed), '--snapshot_path', str(run_dir)]
+            '--labelnum', str(args.labelnum), '--snapshot_path', str(run_dir)]
 
 
 def train_argv(flags, seed, cache, args, run_dir):
     """train.py's argv of one run: the study's settings, then the method's or variant's own flags."""
-    return [*data_flags(seed, cache, args, run_dir), '--max_iterations', str(args.iterations),
+    return [*data_flags(cache, args, run_dir), '--seed', str(seed), '--max_iterations', str(args.iterations),
             '--lr_step', str(args.lr_step), '--num_workers', str(args.num_workers),
             '--save_every', str(args.iterations), *fast_flags(args), *flags]
 
@@ -170,7 +170,7 @@ def check_reusable(run_dir, argv):
     cfg = train.parse_args(argv)
     # no --channels_last: train.py resolved it on its device, this machine's as the study runs on one
     cfg['channels_last'] = saved.get('channels_last') if cfg['channels_last'] is None else bool(cfg['channels_last'])
-    differ = [k for k in run_keys(train.build_parser())
+    differ = [k for k in run_keys(train.build_parser(), train.RUN_CONTROL)
               if k not in saved or json.dumps(saved[k]) != json.dumps(cfg[k])]
     if differ:
         changes = ', '.join(f'{k} {json.dumps(saved[k]) if k in saved else "absent"}, now {json.dumps(cfg[k])}'
@@ -241,7 +241,7 @@ def train_and_test(name, flags, seed, cache, args):
             summarize_iterations(run_dir)
         for sub, extra in evaluations(dual):
             if not evaluated(run_dir / sub, args):
-                run([sys.executable, 'test.py', *data_flags(seed, cache, args, run_dir), '--stride_xy',
+                run([sys.executable, 'test.py', *data_flags(cache, args, run_dir), '--stride_xy',
                      str(args.stride_xy), '--stride_z', str(args.stride_z), '--out_dir', str(run_dir / sub),
                      '--no_progress', *extra, *fast_flags(args)], run_dir / f'test_stdout{sub and "_" + sub}.txt',
                     args.threads)

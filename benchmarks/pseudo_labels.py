@@ -15,12 +15,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dataloaders import RandomCrop, normalize_intensity, read_case, read_list
+from dataloaders.datasets import read_case, read_list
+
+from dataloaders.transforms import RandomCrop, normalize_intensity
 from dataloaders.datasets import LA_PATTERN, LA_SUBDIR
 from losses import cross_pseudo_label
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.cli import OneLineParser, UsageError, run_cli
-from utils.config import build_net
+from networks import build_net
 
 
 def dice(pred, gt):
@@ -73,7 +75,7 @@ def main(argv=None):
             image, gt = crop_batch(cases, crop, unlabeled_bs, rng)
             gt = gt > 0
             prob_a, prob_b = (F.softmax(net(image)[0], dim=1) for net in nets)
-            pseudo, reliable = cross_pseudo_label(prob_a, prob_b, cfg['uncertain_percent'], cfg.get('filter', 'global'))
+            pseudo, reliable = cross_pseudo_label(prob_a, prob_b, cfg['uncertain_percent'], cfg.get('cps_filter', cfg.get('filter', 'global')))
             arg_a, arg_b, yhat = prob_a.argmax(1) > 0, prob_b.argmax(1) > 0, pseudo > 0
             # the winner is picked on labeled data in training; here: the one closer to the truth
             stats['A'].append(dice(arg_a, gt))

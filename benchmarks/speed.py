@@ -38,10 +38,13 @@ import torch.nn.functional as F
 import train
 from benchmarks.common import SETTINGS, SUPERVISED_ONLY, step_on_batch, timed, timed_side_by_side
 from benchmarks.lineage import per_window_loop
-from dataloaders import Compose, H5Dataset, IterationBatchSampler, RandomCrop, ToTensor, TwoStreamBatchSampler
+from dataloaders.datasets import H5Dataset
+from dataloaders.samplers import IterationBatchSampler, TwoStreamBatchSampler
+from dataloaders.transforms import Compose, RandomCrop, ToTensor
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.cli import run_cli
-from utils.config import amp_dtype, parse_patch, select_device
+from utils.cli import parse_patch
+from utils.device import amp_dtype, device_of as select_device
 from utils.inference import gaussian_weight, overlap_strides, test_single_case
 from utils.metrics import calculate_metric_percase
 
@@ -78,7 +81,7 @@ def bench_step(args, device, results):
 
 
 def bench_inference(args, device, results):
-    cfg = train_config(args)
+    cfg = train_config(args, channels_last=bool(args.channels_last))  # the networks in test_single_case's format
     nets = [n.eval() for n in train.build_networks(cfg, device).values()]
     dataset = H5Dataset(cfg['root_path'], pattern='{id}/mri_norm2.h5')
     image = dataset[len(dataset) - 1]['image']
