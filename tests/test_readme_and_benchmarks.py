@@ -136,9 +136,10 @@ def check_command(command, monkeypatch):
         monkeypatch.undo()
 
 
-@pytest.mark.parametrize('command', readme_commands(('README.md', 'docs/benchmarks.md', 'docs/data.md')))
+@pytest.mark.parametrize('command', readme_commands(('README.md', 'docs/training.md', 'docs/benchmarks.md',
+                                                     'docs/data.md')))
 def test_every_readme_command_parses(command, monkeypatch):
-    """Every command of the README, docs/benchmarks.md and docs/data.md (docs/results.md keeps the commands as
+    """Every command of the README, docs/training.md, docs/benchmarks.md and docs/data.md (docs/results.md keeps the commands as
     they were run, with the module names of their date, and is not checked)."""
     check_command(command, monkeypatch)
 
@@ -161,15 +162,27 @@ def test_the_readme_command_check_rejects_a_misspelt_command(command, monkeypatc
         check_command(command, monkeypatch)
 
 
-def test_readme_flag_table_names_every_train_py_flag():
-    """The Training section's table lists every flag of train.py's parser, and no flag train.py lacks."""
-    readme = (REPO / 'README.md').read_text()
-    section = readme[readme.index('\n## Training'):readme.index('\n## Evaluation')]
-    rows = '\n'.join(line for line in section.splitlines() if line.startswith('|'))
+def section(text, heading):
+    """The Markdown section under `heading` (e.g. '## Training'), up to the next heading of its level or above."""
+    start = text.index('\n' + heading + '\n')
+    level = heading.split(' ')[0]
+    ends = [m.start() for m in re.finditer(r'\n#{1,%d} ' % len(level), text[start + 1:])]
+    return text[start:start + 1 + ends[0]] if ends else text[start:]
+
+
+def test_flag_table_names_every_train_py_flag():
+    """docs/training.md's table lists every flag of train.py's parser, and no flag train.py lacks; the README's
+    Training section points to it and quotes no flag train.py lacks."""
+    table = section((REPO / 'docs' / 'training.md').read_text(), '## Every flag')
+    rows = '\n'.join(line for line in table.splitlines() if line.startswith('|'))
     in_table = {flag for code in re.findall(r'`([^`]*)`', rows) for flag in re.findall(r'--[a-z_][a-z0-9_]*', code)}
     flags = {o for a in train.build_parser()._actions for o in a.option_strings if o.startswith('--')} - {'--help'}
-    assert not flags - in_table, f'train.py flags missing from the README table: {sorted(flags - in_table)}'
-    assert not in_table - flags, f'README table names flags train.py does not have: {sorted(in_table - flags)}'
+    assert not flags - in_table, f'train.py flags missing from the table: {sorted(flags - in_table)}'
+    assert not in_table - flags, f'the table names flags train.py does not have: {sorted(in_table - flags)}'
+    training = section((REPO / 'README.md').read_text(), '## Training')
+    assert 'docs/training.md' in training
+    quoted = {flag for code in re.findall(r'`([^`]*)`', training) for flag in re.findall(r'--[a-z_][a-z0-9_]*', code)}
+    assert quoted and not quoted - flags, f'README Training quotes flags train.py lacks: {sorted(quoted - flags)}'
 
 
 def test_readme_evaluation_names_only_flags_that_test_py_and_segment_py_have():
@@ -177,7 +190,7 @@ def test_readme_evaluation_names_only_flags_that_test_py_and_segment_py_have():
     segment.py's."""
     readme = (REPO / 'README.md').read_text()
     evaluation = readme[readme.index('\n## Evaluation'):readme.index('\n### Segment a new scan')]
-    segmenting = readme[readme.index('\n### Segment a new scan'):readme.index('\n## Pictures and TensorBoard')]
+    segmenting = section(readme, '### Segment a new scan')
     for text, script, name in ((evaluation, test_script, 'test.py'), (segmenting, segment, 'segment.py')):
         quoted = {flag for code in re.findall(r'`([^`]*)`', text) for flag in re.findall(r'--[a-z_][a-z0-9_]*', code)}
         flags = {o for a in script.build_parser()._actions for o in a.option_strings}
@@ -232,7 +245,7 @@ def test_la_study_full_protocol_at_tiny_size_reuses_only_runs_of_the_same_settin
     low, high = summary['dual']['minus_pairsup']['ci95']
     assert low <= summary['dual']['minus_pairsup']['mean'] <= high
     dual = json.loads((out / 'dual_seed1337' / 'config.json').read_text())
-    assert (dual['method'], dual['filter'], dual['ramp_unsup'], dual['lambda_urps']) == ('dual', 'global', 0, 1.0)
+    assert (dual['method'], dual['cps_filter'], dual['ramp_unsup'], dual['lambda_urps']) == ('dual', 'global', 0, 1.0)
     pairsup = json.loads((out / 'pairsup_seed1337' / 'config.json').read_text())
     assert [pairsup[k] for k in ('alpha_mc', 'lambda_reg', 'lambda_urps', 'lambda_cps', 'lambda_con')] == [0] * 5
     assert (out / 'dual_seed1337' / 'nets_a' / 'test_cases.csv').is_file()
@@ -248,10 +261,10 @@ def test_la_study_full_protocol_at_tiny_size_reuses_only_runs_of_the_same_settin
 
     # a run trained before a default changed (here the filter) is refused in one line, not reused
     config = out / 'dual_seed1337' / 'config.json'
-    config.write_text(json.dumps({**dual, 'filter': 'classwise'}))
+    config.write_text(json.dumps({**dual, 'cps_filter': 'classwise'}))
     stale = la_study(*protocol, *tiny)
     assert stale.returncode != 0 and stale.stderr.count('\n') == 1, stale.stderr
-    assert 'dual_seed1337' in stale.stderr and 'filter "classwise", now "global"' in stale.stderr
+    assert 'dual_seed1337' in stale.stderr and 'cps_filter "classwise", now "global"' in stale.stderr
     assert final.stat().st_mtime_ns == stamp
     config.write_text(json.dumps(dual))
     # and so is every run for another budget, before anything is trained
@@ -436,8 +449,8 @@ def test_la_study_names_the_four_methods_and_takes_other_settings_as_variants():
     assert resolved(METHODS['sup'])['method'] == 'sup' and resolved(METHODS['mt'])['method'] == 'mt'
 
     owned = owned_dests(study)
-    name, flags = parse_variant("dual-ramp=--method dual --ramp_unsup 1 --filter 'classwise'", owned)
-    assert name == 'dual-ramp' and {k for k in dual if resolved(flags)[k] != dual[k]} == {'ramp_unsup', 'filter'}
+    name, flags = parse_variant("dual-ramp=--method dual --ramp_unsup 1 --cps_filter 'classwise'", owned)
+    assert name == 'dual-ramp' and {k for k in dual if resolved(flags)[k] != dual[k]} == {'ramp_unsup', 'cps_filter'}
     for text, says in (('dual=--ramp_unsup 1', 'four methods'), ('x=--seed 3', '--seed'),
                        ('x=--max_iter 10', '--max_iterations'), ('x=--amp', '--amp'), ('x=--no_such 1', 'no_such'),
                        ('x --ramp_unsup 1', 'NAME='), ('a/b=--amp', '"/"')):
@@ -482,7 +495,20 @@ def test_the_reading_guide_names_real_files_and_its_counting_commands_find_the_s
     named = set(re.findall(r'`((?:[\w.-]+/)*[\w.-]+\.py|[\w-]+/)`', text))
     named |= {p for block in re.findall(r'    wc -l ((?:.|\n)*?)\n    awk', text)
               for p in block.replace('\\', ' ').split()}
-    assert {'train.py', 'losses/contrastive.py', 'utils/run_control.py', 'importers/'} <= named
+    reading_path = ['train.py', 'dataloaders/samplers.py', 'dataloaders/datasets.py', 'dataloaders/transforms.py',
+                    'networks/vnet.py', 'networks/resnet_vnet.py', 'losses/terms.py', 'utils/ramps.py',
+                    'utils/inference.py', 'utils/metrics.py', 'utils/evaluation.py', 'test.py']
+    machinery = ['utils/processes.py', 'utils/resume.py', 'utils/run_log.py', 'utils/checkpoint.py']
+    assert set(reading_path + machinery) | {'importers/', 'benchmarks/'} <= named
+    path = section(text, '## The reading path')
+    places = [path.index(f'`{name}`') for name in reading_path]
+    assert places == sorted(places), 'the reading path is not in the order of one iteration, then evaluation'
+    copyable = section(text, '## Copy one file into your project')  # the modules tests/test_copyable.py copies
+    for name in ('networks/vnet.py', 'losses/terms.py', 'losses/mean_teacher.py', 'dataloaders/datasets.py',
+                 'dataloaders/transforms.py', 'dataloaders/samplers.py', 'utils/ramps.py', 'utils/metrics.py',
+                 'utils/inference.py'):
+        assert f'`{name}`' in copyable, name
+    assert 'python -m benchmarks.core_size' in text
     folders = {'dataloaders', 'losses', 'networks', 'utils', 'importers', 'benchmarks'}
     missing = [p for p in named if not (REPO / p).exists()
                and not any((REPO / f / p).exists() for f in folders)]
@@ -493,3 +519,24 @@ def test_the_reading_guide_names_real_files_and_its_counting_commands_find_the_s
         lengths.append(int(out))
     step, loop = lengths
     assert 40 <= step <= 90 and 5 <= loop <= 25, lengths
+
+
+def test_the_terms_are_numbered_alike_in_train_py_and_the_docs():
+    """Terms 1 to 7 and the total: train.dual_step's comments, docs/method.md's headings, the README's table and
+    the reading guide use the same numbers, and no page counts an eighth term."""
+    source = (REPO / 'train.py').read_text()
+    step = source[source.index('def dual_step'):source.index('def mt_step')]
+    assert re.findall(r'^        # (\d)\. ', step, flags=re.M) == [str(i) for i in range(1, 8)]
+    assert '# the total' in step
+    method = (REPO / 'docs' / 'method.md').read_text()
+    assert re.findall(r'^### (\d)\. ', method, flags=re.M) == [str(i) for i in range(1, 8)]
+    assert '\n### Total\n' in method
+    readme = (REPO / 'README.md').read_text()
+    how = section(readme, '## How it works')
+    assert readme[:readme.index('\n## How it works')].count('\n') < 120  # on the first screens
+    assert re.findall(r'^\| (\d) \| ', how, flags=re.M) == [str(i) for i in range(1, 8)]
+    assert 'terms 1 to 7' in how and 'The total' in how
+    assert 'terms 1 to 7' in (REPO / 'docs' / 'reading.md').read_text()
+    for page in ['README.md', 'train.py'] + [f'docs/{p.name}' for p in (REPO / 'docs').glob('*.md')]:
+        text = ' '.join((REPO / page).read_text().split())
+        assert not re.search(r'terms 1 to 8|eight (numbered )?terms|term 8\b', text), page
