@@ -408,13 +408,13 @@ def main(argv=None):
     cfg = parse_args(argv)
     procs = Processes(cfg['gpu'], cfg['seed'], cfg['deterministic'], cfg['tf32'])  # device, torchrun, the seeds
     device = procs.device
+    train_set, val_set = load_data(cfg, procs)
     if procs.is_main and (warning := cpu_cost_warning(cfg, PRESETS, device)):
         print(warning, file=sys.stderr)
     amp = amp_dtype(device) if cfg['amp'] else None
     if amp == torch.bfloat16:  # some CPUs' bfloat16 convolution gradients are wrong: check before training
         from utils.precision import check_cpu_amp
         check_cpu_amp(amp, device, cfg['patch_size'], cfg['n_filters'], cfg['channels_last'])
-    train_set, val_set = load_data(cfg, procs)
 
     # the networks, one SGD each, and where the run starts: iteration 0, or a checkpoint's states with --resume
     nets = build_networks(cfg, device)

@@ -46,7 +46,7 @@ from benchmarks.common import SUPERVISED_ONLY
 from dataloaders.datasets import read_list
 from dataloaders.datasets import LA_SUBDIR
 from utils.cli import UsageError, run_cli
-from utils.resume import run_keys
+from utils.resume import current_names, run_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,10 +166,10 @@ def check_reusable(run_dir, argv):
     run key of train.py (what defines a run; where files are and how often to log do not), compared as JSON
     (the saved config went through it: a tuple and its list agree); a key the saved config lacks, a flag newer
     than the run, differs."""
-    saved = json.loads((run_dir / 'config.json').read_text())
+    saved = current_names(json.loads((run_dir / 'config.json').read_text()))
     cfg = train.parse_args(argv)
-    # no --channels_last: train.py resolved it on its device, this machine's as the study runs on one
-    cfg['channels_last'] = saved.get('channels_last') if cfg['channels_last'] is None else bool(cfg['channels_last'])
+    if '--channels_last' not in map(str, argv):  # train.py resolved it on the device that trained the run
+        cfg['channels_last'] = saved.get('channels_last')
     differ = [k for k in run_keys(train.build_parser(), train.RUN_CONTROL)
               if k not in saved or json.dumps(saved[k]) != json.dumps(cfg[k])]
     if differ:

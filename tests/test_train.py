@@ -521,12 +521,14 @@ def test_resume_is_bit_exact_for_the_baselines(phantoms, tmp_path, method):
 
 
 def test_checkpoint_of_the_older_rng_layout_still_resumes_exactly(phantoms, reference, tmp_path):
-    """Older versions saved one process's state as {'torch': cpu, 'cuda': [one per visible GPU]}, no scaler."""
+    """Older versions saved one process's state as {'torch': cpu, 'cuda': [one per visible GPU]}, no scaler, and
+    called --cps_filter 'filter' in the config."""
     run = tmp_path / 'run'
     run.mkdir()
     old = load(reference / 'latest.pth')
     old['rng'] = {'torch': old['rng']['ranks'][0]['torch']}
     del old['scaler']
+    old['config']['filter'] = old['config'].pop('cps_filter')
     save_checkpoint(old, run / 'latest.pth')
     train.main(args(phantoms, run, '--resume', 'auto', max_iterations=8))
     assert_same_run(load(reference / 'final.pth'), load(run / 'final.pth'))
@@ -786,7 +788,7 @@ def test_no_flags_train_the_papers_settings_of_docs_method_md():
 def test_our_options_are_marked_ours_in_help():
     text = ' '.join(train.build_parser().format_help().split())
     assert 'per predicted class (classwise, ours) or no filter (none, ours)' in text
-    assert "1: they ramp in with L_con's sigmoid (ours" in text
+    assert "1: they ramp in with term 7's sigmoid (ours" in text
     assert 'a data step of ours' in text
 
 

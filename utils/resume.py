@@ -13,6 +13,13 @@ from utils.cli import UsageError
 
 # The best validation score before any validation: every real score beats it.
 NO_BEST = {'dice': -1.0, 'iteration': None}
+# Settings renamed since older checkpoints were written: their configs are read with today's names.
+RENAMED_KEYS = {'filter': 'cps_filter'}
+
+
+def current_names(config):
+    """A saved config with today's names for renamed settings."""
+    return {RENAMED_KEYS.get(k, k): v for k, v in config.items()}
 
 
 def run_keys(parser, control_title):
@@ -98,8 +105,9 @@ def restore(path, cfg, keys, nets, optimizers, scaler, procs):
     if missing or not isinstance(ckpt['config'], dict):
         raise CheckpointError(f'{path}: missing {", ".join(missing) or "config"}; a checkpoint of another '
                               f'--method or not written by train.py')
-    differ = [k for k in keys if json.dumps(ckpt['config'].get(k)) != json.dumps(cfg[k])]
-    saved = ', '.join(f'{k} {json.dumps(ckpt["config"].get(k))}, now {json.dumps(cfg[k])}' for k in differ)
+    config = current_names(ckpt['config'])
+    differ = [k for k in keys if json.dumps(config.get(k)) != json.dumps(cfg[k])]
+    saved = ', '.join(f'{k} {json.dumps(config.get(k))}, now {json.dumps(cfg[k])}' for k in differ)
     # architecture first: the keys that do not fit say most about a checkpoint of another network
     for name, net in nets.items():
         try:
