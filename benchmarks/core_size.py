@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from utils.cli import OneLineParser, run_cli
+
 REPO = Path(__file__).resolve().parents[1]
 SCAN_READERS = ('nibabel', 'nrrd', 'pydicom', 'SimpleITK')
 # The files one training iteration of the method goes through, from the flag defaults to the optimiser step.
@@ -74,7 +76,8 @@ def measure():
             'readme_lines': lines('README.md'), 'train_files': train, 'test_files': test}
 
 
-def main():
+def main(argv=None):
+    OneLineParser(description=__doc__.split('\n')[0]).parse_args(argv)
     m = measure()
     print(f'import train: {m["train_modules"]} modules, {m["train_lines"]} lines; the method (networks/, losses/, '
           f'the sampler, the step functions) {m["method_lines"]} lines = {m["method_lines"] / m["train_lines"]:.0%}')
@@ -88,4 +91,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)
