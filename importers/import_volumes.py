@@ -10,7 +10,7 @@ in world space; a label stored in another orientation is turned onto the image's
 non-negative integers (and among --label_values when given), voxels and header geometry are finite, every
 volume at --spacing has at least 4 voxels per axis and at most 2**28 in all. Nothing is written unless all
 pass, and an --out_dir holding files is refused without --overwrite, which replaces it whole. Then each case:
-  reorient to --orientation (default LPS; axis order and directions, from each image's header) ->
+  reorient to --orientation (default RAS; axis order and directions, from each image's header) ->
   resample to --spacing (image linear or --order 3 cubic, label nearest; default: keep each case's spacing)
   -> crop (--crop) -> intensity (--modality ct: window [lo, hi] -> [0, 1]; mr: z-score, --nonzero over
   non-zero voxels only) -> pad to --min_size (the training patch) ->
@@ -43,9 +43,10 @@ from .volumes.args import command_line, numbers, value_list
 from .volumes.orient import orientation_problem, to_orientation
 
 PROG = 'import_volumes'
-# ITK's, DICOM's and NRRD's left-posterior-superior frame: an axial series stored as DICOM lays its columns toward
-# the patient's left and its rows toward posterior, so its arrays keep their order (docs/data.md, "Orientation")
-ORIENTATION = 'LPS'
+# NIfTI's world frame and nibabel's canonical orientation (as_closest_canonical; checks.canonical compares labels
+# in it): a NIfTI written with a scaling affine keeps its array, as it did before the orientation key
+# (docs/data.md, "Orientation")
+ORIENTATION = 'RAS'
 # a label value held by at most this share of the cases is named with the files that hold it
 RARE_SHARE = 0.5
 SHOWN_FILES = 3
@@ -259,7 +260,7 @@ def main(argv=None):
     parser.add_argument('--order', type=int, choices=(1, 3), default=1, help='image interpolation: 1 linear, 3 cubic')
     parser.add_argument('--orientation', type=str.upper, default=ORIENTATION, metavar='CODES',
                         help='the orientation every case is brought to, flips included: axis codes, one of L/R, '
-                             f'A/P and S/I (default {ORIENTATION}, the DICOM and ITK frame)')
+                             f'A/P and S/I (default {ORIENTATION}, NIfTI\'s world frame)')
     parser.add_argument('--crop', choices=('nonzero', 'label', 'none'), default='nonzero',
                         help='nonzero: the body (default); label: around the ground truth (optimistic scores); none')
     parser.add_argument('--crop_axes', choices=sorted(AXES), default='xyz', help='axes to crop (default xyz)')

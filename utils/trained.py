@@ -284,13 +284,13 @@ class PictureWriter:
         self.names = UniqueNames()
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def __call__(self, case_id, pred, image, label, score=None, spacing=None):
+    def __call__(self, case_id, pred, image, label, score=None, spacing=None, orientation=None):
         """label None (a new volume): the prediction alone, no Dice. spacing: this case's voxel size
-        (default the writer's)."""
+        (default the writer's); orientation: the arrays' axis codes, which the picture's edges name."""
         if label is None:
             title = f'{case_id} (no label)'
         else:
             title = f'{case_id}: Dice {100 * calculate_metric_percase(pred, label)[0]:.1f} %'
         path = self.folder / (self.names(str(case_id), '.png') + '.png')
         save_case_png(path, image, label, pred, title, self.spacing if spacing is None else spacing,
-                      flag='--save_png')
+                      flag='--save_png', orientation=orientation)

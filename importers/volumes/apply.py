@@ -33,6 +33,7 @@ LOW_HU = -200.0
 CT_LEAST = 0.001  # a CT with less than 0.1 % of its voxels at or below LOW_HU is not in Hounsfield units
 MR_MOST = 0.01    # an MR with more than 1 % of its voxels there looks like a CT
 SKIP_FLAG = '--skip_modality_check'
+SKIP_HINT = f'; {SKIP_FLAG} segments it anyway'
 
 
 @dataclass(frozen=True)
@@ -60,17 +61,17 @@ def network_axes(shape, affine, recipe, name='scan'):
 
 def modality_problem(image, modality):
     """One line when the share of voxels at or below LOW_HU does not fit `modality` (fewer than CT_LEAST for a
-    CT, more than MR_MOST for an MR), naming the share and SKIP_FLAG; else None. Never the minimum alone: a
+    CT, more than MR_MOST for an MR), naming the share; else None. Never the minimum alone: a
     real MR holds a few negative noise voxels, a CT cropped to the body little air."""
     share = float(np.count_nonzero(np.asarray(image) <= LOW_HU)) / max(np.size(image), 1)
     p1 = float(np.percentile(image, 1))
     figure = f'{100 * share:.3g} % of its voxels are at or below {LOW_HU:g} (1st percentile {p1:g})'
     if modality == 'ct' and share < CT_LEAST:
         return (f'{figure}, fewer than {100 * CT_LEAST:g} %: not a CT in Hounsfield units (air is about -1000), '
-                f'which the recipe\'s modality ct expects; {SKIP_FLAG} segments it anyway')
+                'which the recipe\'s modality ct expects')
     if modality == 'mr' and share > MR_MOST:
         return (f'{figure}, more than {100 * MR_MOST:g} %: it looks like a CT in Hounsfield units, but the '
-                f'recipe\'s modality is mr; {SKIP_FLAG} segments it anyway')
+                'recipe\'s modality is mr')
     return None
 
 
@@ -91,7 +92,8 @@ def scan_problem(image, recipe, affine=None, check_modality=True):
         problem = size_problem(shape, '', spacing, recipe['spacing'], "the recipe's spacing")
         if problem:
             return problem
-    return modality_problem(image, recipe['modality']) if check_modality else None
+    mismatch = modality_problem(image, recipe['modality']) if check_modality else None
+    return None if mismatch is None else mismatch + SKIP_HINT
 
 
 def to_network_grid(stored, affine, recipe, name='scan'):
