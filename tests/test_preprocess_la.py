@@ -160,6 +160,8 @@ def test_cli_errors(tmp_path):
     message = run_main(['--raw_dir', str(raw)] + out)
     assert 'HALF/laendo.nrrd: shape 30x31x4 but its image' in message and 'HALF/lgemri.nrrd is 30x30x4' in message
     write_nrrd(raw / 'HALF' / 'laendo.nrrd', np.zeros((30, 30, 4), np.uint8))
+    assert 'HALF: lgemri.nrrd: the image is blank: every voxel is 0' in run_main(['--raw_dir', str(raw)] + out)
+    write_nrrd(raw / 'HALF' / 'lgemri.nrrd', np.arange(30 * 30 * 4, dtype=np.int16).reshape(30, 30, 4))
     assert 'no voxel equal to 255' in run_main(['--raw_dir', str(raw)] + out)
     (raw / 'HALF' / 'laendo.nrrd').write_bytes(b'NRRD0004\ntype: uchar\n')
     assert 'HALF/laendo.nrrd' in run_main(['--raw_dir', str(raw)] + out)

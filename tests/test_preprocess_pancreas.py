@@ -97,7 +97,7 @@ def test_each_recipe_is_written_as_it_ran(outputs):
         written = read_recipe(outputs[recipe][0])
         assert [(s['step'], s['on']) for s in written['intensity']] == list(zip(steps, ('volume', 'crop')))
         assert written['intensity'][0]['window'] == [-125.0, 275.0] and written['crop_axes'] == axes
-        assert written['crop'] == 'label' and written['spacing'] == [1.0, 1.0, 1.0] and written['reorient'] is False
+        assert written['crop'] == 'label' and written['spacing'] == [1.0, 1.0, 1.0] and written['orientation'] == 'RAS'
         assert written['labels'] == {'0': 0, '1': 1} and written['min_size'] == [96, 96, 96]
 
 

@@ -146,7 +146,7 @@ def test_the_same_scan_as_dicom_series_nrrd_and_nifti_gets_the_same_map(imported
 # ----------------------------------------------------------------------------- the geometric inverse alone
 
 def identity_recipe(num_classes=3):
-    return make_recipe('ct', True, None, 1, [], 'none', 'xyz', 0, (1, 1, 1), range(num_classes), '')
+    return make_recipe('ct', 'RAS', None, 1, [], 'none', 'xyz', 0, (1, 1, 1), range(num_classes), '')
 
 
 def test_identity_recipe_inverse_is_exact_and_restores_the_stored_axis_order():
@@ -197,7 +197,7 @@ def test_a_bad_recipe_value_is_one_line_naming_its_key(key, value):
 
 
 def test_class_values_invert_the_recipes_label_map():
-    recipe = make_recipe('mr', False, None, 1, [], 'none', 'xy', 0, (1, 1, 1), [0.0, 2.0, 255.0], '')
+    recipe = make_recipe('mr', 'RAS', None, 1, [], 'none', 'xy', 0, (1, 1, 1), [0.0, 2.0, 255.0], '')
     assert recipe['labels'] == {'0': 0, '2': 1, '255': 2}
     assert class_values(recipe).tolist() == [0, 2, 255]
 

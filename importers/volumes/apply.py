@@ -81,9 +81,6 @@ def scan_problem(image, recipe, affine=None, check_modality=True):
     check_modality is False: SKIP_FLAG) its values do not fit the recipe's modality; else None."""
     if not np.isfinite(image).all():
         return 'holds NaN or infinite values'
-    blank = constant_problem(image, '')
-    if blank:
-        return blank[2:]
     if affine is not None:
         problem = affine_problem(affine, '')
         if problem:
@@ -92,6 +89,9 @@ def scan_problem(image, recipe, affine=None, check_modality=True):
         problem = size_problem(shape, '', spacing, recipe['spacing'], "the recipe's spacing")
         if problem:
             return problem
+    blank = constant_problem(image, '')
+    if blank:
+        return blank
     mismatch = modality_problem(image, recipe['modality']) if check_modality else None
     return None if mismatch is None else mismatch + SKIP_HINT
 

@@ -44,7 +44,8 @@ def constant_problem(array, name):
     crop, nothing to normalise or segment), else None."""
     array = np.asarray(array)
     if array.size and np.all(array == array.flat[0]):
-        return f'{name}: the image is blank: every voxel is {float(array.flat[0]):g}, nothing to segment'
+        name = f'{name}: ' if name else ''
+        return f'{name}the image is blank: every voxel is {float(array.flat[0]):g}, nothing to segment'
     return None
 
 
