@@ -287,8 +287,8 @@ def test_check_validates_the_recipe(imported, tmp_path):
     recipe.update(format_version=7, crop='around the label')
     (data / RECIPE_FILE).write_text(json.dumps(recipe))
     problems, _, _ = check_folder(data, num_classes=2, pattern='{id}.h5')
-    assert problems == [f'{data / RECIPE_FILE}: format_version 7: this code reads format_version 1 and 2 (re-import the '
-                        'data with this version of the code)']
+    assert problems == [f'{data / RECIPE_FILE}: format_version 7: this code reads format_version 1 and 2 (re-import '
+                        'the data with this version of the code)']
     recipe.update(format_version=2)
     (data / RECIPE_FILE).write_text(json.dumps(recipe))
     problems, _, _ = check_folder(data, num_classes=2, pattern='{id}.h5')
