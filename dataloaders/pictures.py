@@ -94,7 +94,7 @@ def mark_edges(ax, letters):
               ((0.5, 0.01), 'center', 'bottom'))
     for letter, (xy, horizontal, vertical) in zip(letters, places):
         ax.text(*xy, letter, transform=ax.transAxes, ha=horizontal, va=vertical, color='yellow', fontsize=12,
-                fontweight='bold')
+                fontweight='bold', bbox={'facecolor': 'black', 'alpha': 0.6, 'pad': 1.5, 'edgecolor': 'none'})
 
 
 def grey_window(image):

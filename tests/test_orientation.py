@@ -199,6 +199,8 @@ def odd_input(folder, case):
         path.write_bytes(path.read_bytes()[:400])
     elif case == 'blank':
         write_nifti(path, np.full_like(image, -1000), affine=affine)
+    elif case == 'rgb':
+        nib.save(nib.Nifti1Image(np.zeros(SHAPE, dtype=[('R', 'u1'), ('G', 'u1'), ('B', 'u1')]), affine), str(path))
     elif case == 'nrrd':
         path = write_nrrd(folder / 'scan.nrrd', image, spacing=SPACING)
     return path
@@ -210,6 +212,7 @@ def odd_input(folder, case):
     ('text', ['cannot read NIfTI']),
     ('truncated', ['cannot read NIfTI']),
     ('blank', ['the image is blank: every voxel is -1000']),
+    ('rgb', ["holds [('R', 'u1'), ('G', 'u1'), ('B', 'u1')] voxels, expected one number per voxel"]),
 ])
 def test_what_is_not_one_3d_scan_is_one_line_naming_it(tmp_path, capsys, case, words):
     require_extra('nrrd')
@@ -231,6 +234,16 @@ def test_a_trailing_axis_of_one_and_an_nrrd_are_segmented(tmp_path, case):
     assert segment(checkpoint, path, tmp_path / 'out') == 0
     (written,) = (tmp_path / 'out' / 'predictions_input').iterdir()
     assert read_scan(written)[0].shape == SHAPE
+
+
+def test_picture_edges_name_the_patients_directions():
+    from dataloaders.pictures import edge_letters, panels
+    # (left, right, top, bottom) of view()'s layout: axial shows axis 0 across and axis 1 down, the others z up
+    assert edge_letters('RAS', 2) == ('L', 'R', 'P', 'A')
+    assert edge_letters('RAS', 1) == ('L', 'R', 'S', 'I')
+    assert edge_letters('LPS', 2) == ('R', 'L', 'A', 'P')
+    assert panels('PIR') == (('axial', 1), ('coronal', 0), ('sagittal', 2))
+    assert panels(None) == (('axial', 2), ('coronal', 1), ('sagittal', 0))
 
 
 # ----------------------------------------------------------------------------- no refusal on a guess
