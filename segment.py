@@ -129,8 +129,9 @@ def main(argv=None):
     recipe = info['recipe']
     sources = input_files(cfg['input'], series=recipe is not None)
     check_inputs(sources, recipe, info['checkpoint'], nib, cfg['series'])
-    if legacy_warning(recipe, info['checkpoint']):
-        print(legacy_warning(recipe, info['checkpoint']), file=sys.stderr)
+    warning = legacy_warning(recipe, info['checkpoint'])
+    if warning:
+        print(warning, file=sys.stderr)
     orientation = recipe.get('orientation') if recipe is not None else None
     if recipe is not None and recipe['crop'] == 'label' and any(is_scan(p) for p in sources):
         print('note: the import recipe crops around the ground-truth label, which a new scan lacks: the whole scan '

@@ -55,7 +55,7 @@ def network_axes(shape, affine, recipe, name='scan'):
     else:  # format_version 1 (recipe.legacy_warning): a permutation to x, y, z, or the stored order
         ornt = permutation(xyz_order(np.asarray(affine, dtype=float)[:3, :3].T) if recipe['reorient'] else (0, 1, 2))
     new_affine = reoriented_affine(affine, ornt, shape, name)
-    new_shape = tuple(int(shape[int(np.flatnonzero(ornt[:, 0] == axis)[0])]) for axis in range(3))
+    new_shape = tuple(int(n) for n in np.asarray(shape)[np.argsort(ornt[:, 0])])  # output axis j: input ornt[i, 0] == j
     return ornt, new_shape, axis_spacing(new_affine[:3, :3].T)
 
 

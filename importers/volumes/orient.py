@@ -7,17 +7,16 @@ anatomy however a file is stored: a mirrored scan is another picture to a V-Net 
 (train.py's default, --rotflip off). The arithmetic is nibabel.orientations' (io_orientation, ornt_transform,
 apply_orientation, inv_ornt_aff); nibabel is optional elsewhere, so it is imported where it is needed.
 
-to_xyz is the reorientation of recipes of format_version 1: the axes permuted to world x, y, z order and
-never flipped; it is kept so that a model trained on such a recipe sees new scans as it saw its cases.
+xyz_order (with permutation) is the reorientation of recipes of format_version 1: the axes permuted to world
+x, y, z order and never flipped; it is kept so that a model trained on such a recipe sees new scans as it saw
+its cases (apply.network_axes). to_xyz applies it to an array (read.read_with_spacing).
 """
 import numpy as np
 
 from .errors import VolumeError
 
-# the pairs of opposite directions; a valid orientation takes one letter of each
+# the pairs of opposite directions: a valid orientation takes one letter of each; a picture's edges face both
 OPPOSITE = {'L': 'R', 'R': 'L', 'A': 'P', 'P': 'A', 'S': 'I', 'I': 'S'}
-# what each letter means, for the one-line errors and the pictures' edges
-DIRECTIONS = {'R': 'right', 'L': 'left', 'A': 'anterior', 'P': 'posterior', 'S': 'superior', 'I': 'inferior'}
 
 
 def _orientations(what):

@@ -125,11 +125,10 @@ def legacy_warning(recipe, where):
     """The one warning line for a recipe of format_version 1 (module docstring), None for a current one."""
     if recipe is None or 'orientation' in recipe:
         return None
+    how = 'permuted to x, y, z order but not flipped' if recipe.get('reorient') else 'taken in their stored order'
     return (f'warning: {where}: its import recipe predates the orientation key (format_version '
-            f'{recipe.get("format_version")}): new scans are '
-            + ('permuted to x, y, z order but not flipped' if recipe.get('reorient') else 'taken in their stored order')
-            + ' as its cases were, so a scan stored with an axis reversed is seen mirrored; re-import the data '
-            'and retrain to have every scan brought to one orientation')
+            f'{recipe.get("format_version")}): new scans are {how} as its cases were, so a scan stored with an axis '
+            'reversed is seen mirrored; re-import the data and retrain to have every scan brought to one orientation')
 
 
 def class_values(recipe):
