@@ -40,13 +40,12 @@ from .volumes import (AXES, MAX_VOXELS, ProblemList, ReplacingDir, VolumeError, 
 from utils.cli import OneLineParser, run_cli
 
 from .volumes.args import command_line, numbers, value_list
-from .volumes.orient import orientation_problem, to_orientation
+from .volumes.orient import CANONICAL, orientation_problem, to_orientation
 
 PROG = 'import_volumes'
-# NIfTI's world frame and nibabel's canonical orientation (as_closest_canonical; checks.canonical compares labels
-# in it): a NIfTI written with a scaling affine keeps its array, as it did before the orientation key
-# (docs/data.md, "Orientation")
-ORIENTATION = 'RAS'
+# a NIfTI written with a scaling affine keeps its array, as it did before the orientation key (docs/data.md,
+# "Orientation")
+ORIENTATION = CANONICAL
 # a label value held by at most this share of the cases is named with the files that hold it
 RARE_SHARE = 0.5
 SHOWN_FILES = 3

@@ -42,7 +42,7 @@ from .volumes import (ReplacingDir, VolumeError, align_label, apply_steps, check
 from utils.cli import OneLineParser, run_cli
 
 from .volumes.args import command_line
-from .volumes.orient import axis_codes, to_orientation
+from .volumes.orient import CANONICAL, axis_codes, to_orientation
 
 IMAGE_FILE, LABEL_FILE = 'lgemri.nrrd', 'laendo.nrrd'
 CAVEAT = ('Caveat: this preprocessing crops every volume, test volumes included, around its '
@@ -94,7 +94,7 @@ def preprocess_case(image, laendo, rng, margin=(10, 20), min_extent=(112, 112), 
     return np.ascontiguousarray(image), np.ascontiguousarray(label[box]), box
 
 
-def la_recipe(margin=(10, 20), zscore='volume', command='', orientation='LPS'):
+def la_recipe(margin=(10, 20), zscore='volume', command='', orientation=CANONICAL):
     """The record of this preprocessing (volumes/recipe.py): MR, the orientation of the cases (their files'
     own, read_raw_case), no resampling, the z-score on the volume or the crop, x/y cropped around the label
     (not done to a new scan), laendo's 255 as class 1."""

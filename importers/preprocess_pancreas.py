@@ -42,7 +42,7 @@ from utils.cli import OneLineParser, run_cli
 
 from .volumes.args import command_line, numbers
 from .volumes.checks import geometry_difference
-from .volumes.orient import axis_codes, axis_spacing, to_orientation
+from .volumes.orient import CANONICAL, axis_codes, axis_spacing, to_orientation
 
 PROG = 'preprocess_pancreas'
 WINDOW = (-125.0, 275.0)  # HU: level 75, width 400
@@ -125,7 +125,7 @@ def read_pancreas_case(image_source, label_path, from_dicom, series=None, orient
     return hu, label, spacing, orientation
 
 
-def pancreas_recipe(recipe='mcnet', target=(1.0, 1.0, 1.0), order=1, command='', orientation='LPS'):
+def pancreas_recipe(recipe='mcnet', target=(1.0, 1.0, 1.0), order=1, command='', orientation=CANONICAL):
     """The recipe's record (volumes/recipe.py): the cases' orientation (the first label file's,
     read_pancreas_case), the window on the volume, mcnet's z-score on the crop."""
     axes, standardise = RECIPES[recipe]
