@@ -188,6 +188,8 @@ def odd_input(folder, case):
     folder.mkdir(parents=True, exist_ok=True)
     if case == '4-D of 1':
         write_nifti(path, image[..., None], affine=affine)
+    elif case == '5-D of 1s':
+        write_nifti(path, image[..., None, None], affine=affine)
     elif case == '4-D of 3':
         write_nifti(path, np.stack([image] * 3, axis=-1), affine=affine)
     elif case == '2-D':
@@ -226,7 +228,7 @@ def test_what_is_not_one_3d_scan_is_one_line_naming_it(tmp_path, capsys, case, w
     assert not (tmp_path / 'out').exists()
 
 
-@pytest.mark.parametrize('case', ['4-D of 1', 'nrrd'])
+@pytest.mark.parametrize('case', ['4-D of 1', '5-D of 1s', 'nrrd'])
 def test_a_trailing_axis_of_one_and_an_nrrd_are_segmented(tmp_path, case):
     require_extra('nrrd')
     checkpoint = random_checkpoint(tmp_path / 'random.pth', ct_recipe())
