@@ -8,7 +8,9 @@
 Writes <out_dir>/predictions_input/<name>_pred.* (and, with --save_png, pictures_input/<name>.png), once every
 volume is segmented; out_dir defaults to the run folder. The architecture and the intensity normalisation
 come from the checkpoint, and so does the import recipe of the data it was trained on (dataset.json): a
-NIfTI, NRRD or DICOM scan goes through it, and its map has the scan's own grid, affine and label values.
+NIfTI, NRRD or DICOM scan goes through it: brought to the orientation the networks were trained in (flips
+included), so a scan gives one map however its file stores it, and its map has the scan's own grid, affine and
+label values. Its pictures are drawn in that orientation, the patient's directions on their edges.
 """
 import sys
 from pathlib import Path
@@ -16,7 +18,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dataloaders.transforms import normalize_intensity
-from importers.volumes import StagingDir, recipe_problems, scan_problem, to_network_grid, to_scan_grid, to_stored
+from importers.volumes import (StagingDir, label_values, legacy_warning, modality_problem, recipe_problems,
+                               scan_problem, to_network_grid, to_scan_grid, to_stored)
+from importers.volumes.apply import SKIP_FLAG, SKIP_HINT
+from importers.volumes.orient import reorient
 from utils.cli import OneLineParser, UsageError, run_cli
 from utils.inference import test_single_case
 from utils.metrics import keep_largest_components
@@ -40,6 +45,9 @@ def build_parser():
     g.add_argument('--spacing', type=parse_spacing, default=None,
                    help='x,y,z mm per voxel of .h5 and .npy volumes: the affine of their NIfTI maps, the pictures')
     g.add_argument('--lcc', action='store_true', help='keep the largest connected component of each class')
+    g.add_argument(SKIP_FLAG, action='store_true',
+                   help="segment a scan whose values do not look like the recipe's modality (a CT without air, an MR "
+                        'with many voxels below -200), with a warning instead of the refusal')
     g = p.add_argument_group('output')
     g.add_argument('--out_dir', default=None, help='default: the run folder (the checkpoint\'s folder)')
     g.add_argument('--save_png', action='store_true',
@@ -71,20 +79,33 @@ def check_inputs(sources, recipe, checkpoint, nib, series=None):
                          'pip install nibabel')
 
 
-def segment_scan(path, recipe, segment, normalize, lcc, series=None):
-    """(label map as the scan stores it, the scan, its affine, its voxel size) of a scan through the import
-    recipe: onto the network's grid, the sliding window segment(image) -> (label, scores), and back.
-    normalize: the checkpoint's --normalize, applied after the recipe as training applied it to the cases."""
-    image, affine, spacing = read_scan_input(path, series)
-    problem = scan_problem(image, recipe, affine)
-    if problem is not None:
-        raise UsageError(f'--input {path}: {problem}')
+def checked_scan(path, recipe, series=None, skip_modality_check=False):
+    """(the scan as stored, float32; its affine) of a NIfTI/NRRD file or DICOM folder, refused in one line naming
+    it when the recipe cannot be applied (apply.scan_problem); a modality mismatch passes with a warning line
+    when skip_modality_check (SKIP_FLAG) is given."""
+    image, affine, _ = read_scan_input(path, series)
+    problem = scan_problem(image, recipe, affine, check_modality=False)
+    mismatch = None if problem else modality_problem(image, recipe['modality'])
+    if problem or (mismatch and not skip_modality_check):
+        raise UsageError(f'--input {path}: {problem or mismatch + SKIP_HINT}')
+    if mismatch:
+        tqdm.write(f'warning: --input {path}: {mismatch}; segmented anyway ({SKIP_FLAG})', file=sys.stderr)
+    return image, affine
+
+
+def segment_scan(path, recipe, segment, normalize, lcc, series=None, skip_modality_check=False):
+    """(label map as the scan stores it, the scan's affine, picture) of a scan through the import recipe: onto
+    the network's grid, the sliding window segment(image) -> (label, scores), and back. normalize: the
+    checkpoint's --normalize, applied after the recipe as training applied it to the cases. picture: (image,
+    map, voxel size) on the scan's grid in the networks' orientation, what --save_png draws."""
+    image, affine = checked_scan(path, recipe, series, skip_modality_check)
     network_image, grid = to_network_grid(image, affine, recipe, name=str(path))
     _, score = segment(normalize_intensity(network_image, normalize))
     classes = to_scan_grid(score, grid, recipe)
     if lcc:
         classes = keep_largest_components(classes, recipe['num_classes'])
-    return to_stored(classes, grid, recipe), image, affine, spacing
+    picture = (reorient(image, grid.ornt), label_values(classes, recipe), grid.spacing)
+    return to_stored(classes, grid, recipe), affine, picture
 
 
 def segment_volume(path, cfg, segment):
@@ -122,6 +143,10 @@ def main(argv=None):
                              f'{problems[0]}')
     sources = input_files(cfg['input'], series=recipe is not None)
     check_inputs(sources, recipe, info['checkpoint'], nib, cfg['series'])
+    warning = legacy_warning(recipe, info['checkpoint'])
+    if warning:
+        print(warning, file=sys.stderr)
+    orientation = recipe.get('orientation') if recipe is not None else None
     if recipe is not None and recipe['crop'] == 'label' and any(is_scan(p) for p in sources):
         print('note: the import recipe crops around the ground-truth label, which a new scan lacks: the whole scan '
               'is segmented', file=sys.stderr)
@@ -136,16 +161,17 @@ def main(argv=None):
         for path in tqdm(sources, desc='segment', unit='volume', disable=cfg['no_progress']):
             stem = path.name if path.is_dir() else path.name[:-len(volume_suffix(path))]
             if recipe is not None and is_scan(path):
-                pred, image, affine, spacing = segment_scan(path, recipe, segment, cfg['normalize'], cfg['lcc'],
-                                                            cfg['series'])
-                kind = '.nii.gz'
+                pred, affine, (image, shown, spacing) = segment_scan(
+                    path, recipe, segment, cfg['normalize'], cfg['lcc'], cfg['series'], cfg['skip_modality_check'])
+                kind, codes = '.nii.gz', orientation
             else:
                 pred, image, affine = segment_volume(path, cfg, segment)
                 kind = label_map_suffix(volume_suffix(path), cfg['nifti'], cfg['h5'])
-                affine, spacing = (affine if affine is not None else spacing_affine(cfg['spacing'])), None
+                affine, spacing, shown, codes = (affine if affine is not None else spacing_affine(cfg['spacing']),
+                                                 None, pred, None)
             write_label_map(pred, folder / (names(stem + '_pred', kind) + kind), nib, affine, source=path)
             if pictures is not None:
-                pictures(stem, pred, image, None, spacing=spacing)
+                pictures(stem, shown, image, None, spacing=spacing, orientation=codes)
         stage.commit()
     print(f'wrote {len(sources)} label map(s) to {out_dir / "predictions_input"}'
           + (f', pictures to {out_dir / "pictures_input"}' if pictures else ''))

@@ -67,6 +67,12 @@ def recipe_check(root_path, num_classes):
     return [], recipe is not None
 
 
+def case_orientation(root_path):
+    """The axis codes the folder's cases are stored in (its recipe's 'orientation'), for the pictures' edges;
+    None for a recipe of format_version 1, which recorded none."""
+    return read_recipe(root_path).get('orientation')
+
+
 def check_folder(root_path, split='train', list_file=None, num_classes=None, pattern=LA_PATTERN,
                  subdir=LA_SUBDIR, png_dir=None):
     """(problems: list of one-line str, summary: str, intensity stats {case id: dict} of the good cases).
@@ -74,6 +80,7 @@ def check_folder(root_path, split='train', list_file=None, num_classes=None, pat
     Reads every case once; with png_dir, writes <png_dir>/<case id>.png of each good case on the way.
     """
     recipe_problems, has_recipe = recipe_check(root_path, num_classes)
+    orientation = case_orientation(root_path) if has_recipe and not recipe_problems else None
     try:
         dataset = H5Dataset(root_path, split=split, list_file=list_file, pattern=pattern, subdir=subdir)
     except DatasetError as e:
@@ -91,7 +98,7 @@ def check_folder(root_path, split='train', list_file=None, num_classes=None, pat
         if png_dir is not None:
             save_case_png(Path(png_dir) / f'{case_id}.png', image, label,
                           title=f'{case_id}: intensity mean {s["mean"]:.2f}, std {s["std"]:.2f}, '
-                                f'1st-99th percentile {s["p1"]:.2f} .. {s["p99"]:.2f}')
+                                f'1st-99th percentile {s["p1"]:.2f} .. {s["p99"]:.2f}', orientation=orientation)
     n = len(dataset)
     if problems:
         bad = n - len(shapes)

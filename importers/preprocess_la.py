@@ -20,6 +20,8 @@ What happens to each case is what the UA-MT lineage's la_heart_processing.py doe
   image    = (image - mean) / std over the whole volume *before* cropping, then cropped: the
              distributed mri_norm2.h5 files hold exactly this (their cropped images have a mean
              of about 0.5-1.5, not 0). --zscore crop uses the cropped volume's mean and std.
+Every case is brought to the orientation of the first one's lgemri.nrrd (sorted ids), flips included: the
+challenge's files share one, so their arrays stay as stored, and dataset.json records it for segment.py.
 Unlike the lineage (unseeded np.random, glob order), the four margins of a case come from
 np.random.default_rng([seed, i]), i = the case's position in the sorted list of processed ids,
 so the output is the same on every run.
@@ -34,11 +36,13 @@ import numpy as np
 from tqdm import tqdm
 
 from dataloaders.datasets import LA_SUBDIR, DatasetError, read_list
-from .volumes import (ReplacingDir, VolumeError, align_label, apply_steps, check_out_dir, finite_problem, label_box,
-                      make_recipe, number_problems, read_scan, size_problem, write_case_h5, write_list, write_recipe)
+from .volumes import (ReplacingDir, VolumeError, align_label, apply_steps, check_out_dir, constant_problem,
+                      finite_problem, label_box, make_recipe, number_problems, read_scan, size_problem, write_case_h5,
+                      write_list, write_recipe)
 from utils.cli import OneLineParser, run_cli
 
 from .volumes.args import command_line
+from .volumes.orient import CANONICAL, axis_codes, to_orientation
 
 IMAGE_FILE, LABEL_FILE = 'lgemri.nrrd', 'laendo.nrrd'
 CAVEAT = ('Caveat: this preprocessing crops every volume, test volumes included, around its '
@@ -74,6 +78,7 @@ def preprocess_case(image, laendo, rng, margin=(10, 20), min_extent=(112, 112), 
         raise PreprocessError(f"{name}: {IMAGE_FILE} is {'x'.join(map(str, image.shape))} but "
                               f"{LABEL_FILE} is {'x'.join(map(str, laendo.shape))}")
     for problem in (finite_problem(image, f"{name}: {IMAGE_FILE}"), finite_problem(laendo, f"{name}: {LABEL_FILE}"),
+                    constant_problem(image, f"{name}: {IMAGE_FILE}"),
                     size_problem(image.shape, f"{name}: {IMAGE_FILE}")):
         if problem:
             raise PreprocessError(problem)
@@ -89,12 +94,12 @@ def preprocess_case(image, laendo, rng, margin=(10, 20), min_extent=(112, 112), 
     return np.ascontiguousarray(image), np.ascontiguousarray(label[box]), box
 
 
-def la_recipe(margin=(10, 20), zscore='volume', command=''):
-    """The record of this preprocessing (volumes/recipe.py): MR, the stored axes, no resampling, the
-    z-score on the volume or the crop, x/y cropped around the label (not done to a new scan), laendo's
-    255 as class 1."""
+def la_recipe(margin=(10, 20), zscore='volume', command='', orientation=CANONICAL):
+    """The record of this preprocessing (volumes/recipe.py): MR, the orientation of the cases (their files'
+    own, read_raw_case), no resampling, the z-score on the volume or the crop, x/y cropped around the label
+    (not done to a new scan), laendo's 255 as class 1."""
     steps = [{'step': 'zscore', 'voxels': 'all', 'on': zscore}]
-    return make_recipe('mr', False, None, 1, steps, 'label', 'xy', list(margin), (1, 1, 1), (0, 255), command)
+    return make_recipe('mr', orientation, None, 1, steps, 'label', 'xy', list(margin), (1, 1, 1), (0, 255), command)
 
 
 def _read_ids(path):
@@ -104,14 +109,19 @@ def _read_ids(path):
         raise PreprocessError(str(e)) from None
 
 
-def read_raw_case(case_dir):
-    """(image, laendo) of a case folder, both as stored: the lineage indexes the stored array as (x, y, z),
-    so nothing is reoriented. The two headers are compared in world space (checks.align_label): a laendo.nrrd
-    stored in another orientation of the image's box is put on the image's grid, one off it is refused."""
+def read_raw_case(case_dir, orientation=None):
+    """(image, laendo, orientation) of a case folder, both brought to `orientation` (axis codes) by the
+    image's header, flips included; None: the image file's own orientation, which keeps the arrays as stored
+    (the lineage indexes the stored array as (x, y, z)). The two headers are compared in world space
+    (checks.align_label): a laendo.nrrd stored in another orientation of the image's box is put on the
+    image's grid, one off it is refused."""
     image_path, label_path = Path(case_dir) / IMAGE_FILE, Path(case_dir) / LABEL_FILE
     image, image_affine = read_scan(image_path)
     laendo, label_affine = read_scan(label_path)
-    return image, align_label(laendo, label_affine, image.shape, image_affine, label_path, image_path)
+    laendo = align_label(laendo, label_affine, image.shape, image_affine, label_path, image_path)
+    orientation = orientation or axis_codes(image_affine, image_path)
+    (image, laendo), _, _ = to_orientation([image, laendo], image_affine, orientation, image_path)
+    return image, laendo, orientation
 
 
 def find_la_cases(raw_dir):
@@ -163,16 +173,17 @@ def preprocess_la(raw_dir, out_dir, seed=1337, margin=(10, 20), min_extent=(112,
                               f"{IMAGE_FILE}/{LABEL_FILE} ({len(unknown)} such ids)")
     ids = sorted(set(wanted))
     # every case is written to a staging folder first: an error in the last case leaves out_dir as it was
+    orientation = None  # the first case's own: the lineage's files keep their arrays, any other case comes to it
     with ReplacingDir(out_dir) as stage:
         for index, case_id in enumerate(tqdm(ids, desc='preprocess_la', unit='case', disable=not progress)):
-            image, laendo = read_raw_case(raw_dir / case_id)
+            image, laendo, orientation = read_raw_case(raw_dir / case_id, orientation)
             image, label, _ = preprocess_case(image, laendo, np.random.default_rng([seed, index]),
                                               margin, min_extent, zscore, name=f"case {case_id}")
             write_case_h5(stage.path / LA_SUBDIR / case_id / 'mri_norm2.h5', image, label)
         write_list(stage.path / 'train.list', train_ids)
         if test_ids is not None:
             write_list(stage.path / 'test.list', test_ids)
-        write_recipe(stage.path, la_recipe(margin, zscore, command))
+        write_recipe(stage.path, la_recipe(margin, zscore, command, orientation))
         stage.commit()
     return ids
 

@@ -7,7 +7,9 @@
 Cases: label{NNNN}.nii.gz in --label_dir (searched recursively) with the DICOM folder PANCREAS_{NNNN} below
 --dicom_dir, or image{NNNN}.nii.gz / PANCREAS_{NNNN}.nii.gz in --nifti_dir. The label gives the geometry:
 its voxel order and spacing are the image's (MC-Net stacks the slices by InstanceNumber and gives them
-the label's header). Written: OUT/image{NNNN}_norm.h5 ('image' float32, 'label' uint8 0/1, (X,Y,Z), gzip),
+the label's header); every case is brought to the orientation of the first label file (flips included), so
+the lineage's cases keep their arrays and one stored another way joins them. Written:
+OUT/image{NNNN}_norm.h5 ('image' float32, 'label' uint8 0/1, (X,Y,Z), gzip),
 what `python train.py --dataset pancreas` reads, and the lineage's lists (pancreas_lists.py):
 OUT/mcnet_train.list, mcnet_test.list (62/20), coranet_train.list (12 labeled then 50 unlabeled),
 coranet_test.list (18), and train.list/test.list, a copy of the --lists set (default: the recipe's), and
@@ -33,13 +35,14 @@ import numpy as np
 from tqdm import tqdm
 
 from .pancreas_lists import DUPLICATES, LIST_SETS
-from .volumes import (ProblemList, ReplacingDir, VolumeError, apply_steps, check_out_dir, finite_problem, label_box,
-                      make_recipe, number_problems, pad_to, read_ct_series, read_with_spacing, resample_pair,
-                      size_problem, write_case_h5, write_list, write_recipe)
+from .volumes import (ProblemList, ReplacingDir, VolumeError, apply_steps, check_out_dir, constant_problem,
+                      finite_problem, label_box, make_recipe, number_problems, pad_to, read_ct_series, read_scan,
+                      read_with_spacing, resample_pair, size_problem, write_case_h5, write_list, write_recipe)
 from utils.cli import OneLineParser, run_cli
 
 from .volumes.args import command_line, numbers
 from .volumes.checks import geometry_difference
+from .volumes.orient import CANONICAL, axis_codes, axis_spacing, to_orientation
 
 PROG = 'preprocess_pancreas'
 WINDOW = (-125.0, 275.0)  # HU: level 75, width 400
@@ -84,9 +87,11 @@ def find_pancreas_cases(label_dir, dicom_dir=None, nifti_dir=None):
     return {n: (images[n], labels[n]) for n in sorted(labels) if n in images}, problems
 
 
-def read_pancreas_case(image_source, label_path, from_dicom, series=None):
-    """(HU float32 (X,Y,Z), label uint8 0/1 (X,Y,Z), spacing mm) in the label file's voxel order.
-    series: SeriesInstanceUIDs (--series) choosing among a case folder's CT series (dicom.read_ct_scan).
+def read_pancreas_case(image_source, label_path, from_dicom, series=None, orientation=None):
+    """(HU float32 (X,Y,Z), label uint8 0/1 (X,Y,Z), spacing mm, orientation): both brought to `orientation`
+    (axis codes) by the label file's header, flips included; None: the label file's own orientation, which
+    keeps its voxel order (the lineage's). series: SeriesInstanceUIDs (--series) choosing among a case
+    folder's CT series (dicom.read_ct_scan).
 
     The image's array is taken to be in the label's voxel order (the DICOM stack runs the way InstanceNumber
     runs), and the two are compared in shape and voxel size only, not in world space: the NIH label files do
@@ -94,7 +99,8 @@ def read_pancreas_case(image_source, label_path, from_dicom, series=None):
     users report the labels flipped in y against a converted image), so a world-space comparison would
     refuse, or flip, every correctly matched case. docs/data.md, "What is checked".
     """
-    label, spacing = read_with_spacing(label_path, reorient=False)
+    label, affine = read_scan(label_path)
+    spacing = axis_spacing(affine[:3, :3].T)
     hu, image_spacing = read_ct_series(image_source, series) if from_dicom else read_with_spacing(image_source,
                                                                                              reorient=False)
     if hu.shape != label.shape:
@@ -104,7 +110,8 @@ def read_pancreas_case(image_source, label_path, from_dicom, series=None):
                                      np.diag([*spacing, 1.0]), image_source)
     if difference:
         raise VolumeError(f'{label_path}: {difference}')
-    for problem in (finite_problem(hu, image_source), finite_problem(label, label_path)):
+    for problem in (finite_problem(hu, image_source), constant_problem(hu, image_source),
+                    finite_problem(label, label_path)):
         if problem:
             raise VolumeError(problem)
     values = np.unique(label)
@@ -112,15 +119,19 @@ def read_pancreas_case(image_source, label_path, from_dicom, series=None):
         raise VolumeError(f'{label_path}: label values {values[:8].tolist()}, expected 0 and 1')
     if values.max(initial=0) == 0:
         raise VolumeError(f'{label_path}: label has no pancreas voxel')
-    return hu.astype(np.float32, copy=False), label.astype(np.uint8), spacing
+    orientation = orientation or axis_codes(affine, label_path)
+    (hu, label), spacing, _ = to_orientation([hu.astype(np.float32, copy=False), label.astype(np.uint8)], affine,
+                                             orientation, label_path)
+    return hu, label, spacing, orientation
 
 
-def pancreas_recipe(recipe='mcnet', target=(1.0, 1.0, 1.0), order=1, command=''):
-    """The recipe's record (volumes/recipe.py): the window on the volume, mcnet's z-score on the crop."""
+def pancreas_recipe(recipe='mcnet', target=(1.0, 1.0, 1.0), order=1, command='', orientation=CANONICAL):
+    """The recipe's record (volumes/recipe.py): the cases' orientation (the first label file's,
+    read_pancreas_case), the window on the volume, mcnet's z-score on the crop."""
     axes, standardise = RECIPES[recipe]
     steps = [{'step': 'window', 'window': list(WINDOW), 'on': 'volume'}]
     steps += [{'step': 'zscore', 'voxels': 'all', 'on': 'crop'}] if standardise else []
-    return make_recipe('ct', False, target, order, steps, 'label', 'xyz' if len(axes) == 3 else 'xy', MARGIN,
+    return make_recipe('ct', orientation, target, order, steps, 'label', 'xyz' if len(axes) == 3 else 'xy', MARGIN,
                        (PATCH,) * 3, (0, 1), command)
 
 
@@ -191,13 +202,15 @@ def preprocess_pancreas(out_dir, label_dir, dicom_dir=None, nifti_dir=None, reci
              f'{"are duplicate scans" if len(duplicates) > 1 else "is a duplicate scan"} of Pancreas-CT (0025 and '
              '0070 repeat other cases): MC-Net\'s lists keep them (0025 in test, 0070 in train), CoraNet\'s and BCP\'s '
              'drop them')
+    orientation = None  # the first label file's own: the lineage's cases keep their arrays, another comes to it
     with ReplacingDir(out_dir) as stage:
         for n, (image_source, label_path) in tqdm(cases.items(), desc=PROG, unit='case', disable=not progress):
-            hu, label, spacing = read_pancreas_case(image_source, label_path, dicom_dir is not None, series)
+            hu, label, spacing, orientation = read_pancreas_case(image_source, label_path, dicom_dir is not None,
+                                                                 series, orientation)
             image, label = process_case(hu, label, spacing, recipe, target, order, name=str(label_path))
             write_case_h5(stage.path / f'image{n}_norm.h5', image, label)
         write_lists(stage.path, set(cases), lists or recipe, warn)
-        write_recipe(stage.path, pancreas_recipe(recipe, target, order, command))
+        write_recipe(stage.path, pancreas_recipe(recipe, target, order, command, orientation))
         stage.commit()
     return list(cases)
 

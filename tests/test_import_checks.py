@@ -127,8 +127,9 @@ def test_import_puts_a_flipped_label_on_the_organ_and_keeps_a_negative_determina
     expected = h5_label(tmp_path / 'a' / 'c0.h5')
     assert (expected == 1).sum() > 0
     np.testing.assert_array_equal(h5_label(tmp_path / 'b' / 'c0.h5'), expected)
-    # reorientation keeps each axis's direction: the radiological case is stored with x reversed
-    np.testing.assert_array_equal(h5_label(tmp_path / 'c' / 'c0.h5'), np.flip(expected, 0))
+    # the radiological case is the same anatomy stored with x reversed: brought to the recipe's orientation,
+    # flips included, it gives the plain set's arrays
+    np.testing.assert_array_equal(h5_label(tmp_path / 'c' / 'c0.h5'), expected)
 
 
 # ----------------------------------------------------------------------------- label values
@@ -355,13 +356,16 @@ def test_preprocess_pancreas_refuses_a_label_of_another_voxel_size(tmp_path):
 # ----------------------------------------------------------------------------- segment.py's scan checks
 
 def test_scan_problem_refuses_a_tiny_scan_and_a_singular_header():
-    recipe = make_recipe('ct', True, (1.0, 1.0, 1.0), 1, [], 'nonzero', 'xyz', 0, (16, 16, 16), (0, 1), '')
+    recipe = make_recipe('ct', 'RAS', (1.0, 1.0, 1.0), 1, [], 'nonzero', 'xyz', 0, (16, 16, 16), (0, 1), '')
     scan = np.full((3, 3, 3), -1000.0, np.float32)
     assert f'3x3x3 voxels at the recipe\'s spacing 1,1,1, fewer than the minimum of {MIN_AXIS}' in \
         scan_problem(scan, recipe, np.eye(4))
     assert 'singular' in scan_problem(np.full((8, 8, 8), -1000.0), recipe, np.diag([1.0, 0.0, 1.0, 1.0]))
     assert 'NaN or infinite' in scan_problem(np.full((8, 8, 8), -1000.0), recipe, np.diag([1.0, np.nan, 1.0, 1.0]))
-    assert scan_problem(np.full((8, 8, 8), -1000.0), recipe, np.eye(4)) is None
+    air = np.full((8, 8, 8), -1000.0)
+    air[2:6, 2:6, 2:6] = 40.0  # a body in air
+    assert scan_problem(air, recipe, np.eye(4)) is None
+    assert 'blank: every voxel is -1000' in scan_problem(np.full((8, 8, 8), -1000.0), recipe, np.eye(4))
     assert size_problem((8, 8, 8), 'x') is None
 
 

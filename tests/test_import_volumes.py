@@ -131,7 +131,9 @@ def test_pairs_msd_nnunet_and_nrrd_names(tmp_path):
                     '--modality', 'ct', '--test_ids', str(test_ids), '--min_size', '8,8,8']) == 0
     assert (tmp_path / 'out' / 'train.list').read_text() == 'la_003\nla_004\n'
     assert (tmp_path / 'out' / 'test.list').read_text() == 'la_005\n'
-    assert np.array_equal(read_h5(tmp_path / 'out' / 'la_003.h5')[0], read_h5(tmp_path / 'out' / 'la_005.h5')[0])
+    # the NRRD holds the same array in LPS space: the patient's x and y the other way, so RAS cases are mirrored
+    nrrd_case = read_h5(tmp_path / 'out' / 'la_005.h5')[0]
+    assert np.array_equal(read_h5(tmp_path / 'out' / 'la_003.h5')[0], nrrd_case[::-1, ::-1])
 
 
 def run_main(argv, capsys):

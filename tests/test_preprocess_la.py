@@ -76,6 +76,24 @@ def test_case_crop_margins_and_zscore(tmp_path):
     recipe = read_recipe(tmp_path / 'out')  # what a new scan gets: the z-score, no crop, 255 back for the atrium
     assert recipe['intensity'] == [{'step': 'zscore', 'voxels': 'all', 'on': 'volume'}]
     assert recipe['crop'] == 'label' and recipe['margin'] == [10, 20] and recipe['labels'] == {'0': 0, '255': 1}
+    assert recipe['orientation'] == 'LPS'  # the challenge's NRRDs, read from their header: arrays kept as stored
+
+
+def test_a_case_stored_the_other_way_joins_the_first_cases_orientation(tmp_path):
+    """The same two cases, the second stored with x reversed (its header says so): the same h5 files."""
+    for name in ('plain', 'flipped'):
+        make_raw_case(tmp_path / name, 'A')
+        image, laendo = make_raw_case(tmp_path / name, 'B', seed=1)
+    for file, array in (('lgemri.nrrd', image), ('laendo.nrrd', laendo)):
+        nrrd.write(str(tmp_path / 'flipped' / 'B' / file), np.ascontiguousarray(array[::-1]),
+                   header={'space directions': np.diag([-0.625, 0.625, 0.625]).tolist(),
+                           'space': 'left-posterior-superior', 'space origin': [0.625 * 149, 0.0, 0.0]},
+                   index_order='F')
+    for name in ('plain', 'flipped'):
+        pre.preprocess_la(tmp_path / name, tmp_path / f'out_{name}', progress=False)
+    for a, b in zip(read_h5(tmp_path / 'out_plain', 'B'), read_h5(tmp_path / 'out_flipped', 'B')):
+        np.testing.assert_array_equal(a, b)
+    assert read_recipe(tmp_path / 'out_flipped')['orientation'] == 'LPS'
 
 
 def test_margins_cover_their_range():
@@ -160,6 +178,8 @@ def test_cli_errors(tmp_path):
     message = run_main(['--raw_dir', str(raw)] + out)
     assert 'HALF/laendo.nrrd: shape 30x31x4 but its image' in message and 'HALF/lgemri.nrrd is 30x30x4' in message
     write_nrrd(raw / 'HALF' / 'laendo.nrrd', np.zeros((30, 30, 4), np.uint8))
+    assert 'HALF: lgemri.nrrd: the image is blank: every voxel is 0' in run_main(['--raw_dir', str(raw)] + out)
+    write_nrrd(raw / 'HALF' / 'lgemri.nrrd', np.arange(30 * 30 * 4, dtype=np.int16).reshape(30, 30, 4))
     assert 'no voxel equal to 255' in run_main(['--raw_dir', str(raw)] + out)
     (raw / 'HALF' / 'laendo.nrrd').write_bytes(b'NRRD0004\ntype: uchar\n')
     assert 'HALF/laendo.nrrd' in run_main(['--raw_dir', str(raw)] + out)

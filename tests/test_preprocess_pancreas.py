@@ -97,7 +97,7 @@ def test_each_recipe_is_written_as_it_ran(outputs):
         written = read_recipe(outputs[recipe][0])
         assert [(s['step'], s['on']) for s in written['intensity']] == list(zip(steps, ('volume', 'crop')))
         assert written['intensity'][0]['window'] == [-125.0, 275.0] and written['crop_axes'] == axes
-        assert written['crop'] == 'label' and written['spacing'] == [1.0, 1.0, 1.0] and written['reorient'] is False
+        assert written['crop'] == 'label' and written['spacing'] == [1.0, 1.0, 1.0] and written['orientation'] == 'RAS'
         assert written['labels'] == {'0': 0, '1': 1} and written['min_size'] == [96, 96, 96]
 
 
@@ -149,6 +149,7 @@ def run_main(argv):
     ('not_ct', 'PANCREAS_0009: no CT slice among its 3 DICOM files (Modality MR)'),
     ('compressed', 'pixel data are compressed (JPEG-LS Lossless'),
     ('shape', 'PANCREAS_0009: image is 8x8x3 voxels but its label'),
+    ('blank', 'PANCREAS_0009: the image is blank: every voxel is -1024'),
 ])
 def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, case, message):
     make_case(tmp_path, '0001', shape=(8, 8, 3))  # a good case, processed before the bad one
@@ -161,6 +162,10 @@ def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, case, message):
         make_case(tmp_path, '0009', shape=(8, 8, 3), modality='MR')
     elif case == 'compressed':
         make_case(tmp_path, '0009', shape=(8, 8, 3), syntax=JPEG_LS)
+    elif case == 'blank':  # a series of one value: an empty export
+        write_ct_series(tmp_path / 'Pancreas-CT' / 'PANCREAS_0009' / 'series', np.zeros((8, 8, 3), np.int16),
+                        pixel_mm=(1.0, 1.0), slice_mm=2.5)
+        write_nifti(tmp_path / 'labels' / 'label0009.nii.gz', np.ones((8, 8, 3), np.uint8), spacing=(1.0, 1.0, 2.5))
     else:
         make_case(tmp_path, '0009', shape=(8, 8, 3), label_shape=(8, 8, 4))
     out = tmp_path / 'out'

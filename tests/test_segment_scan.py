@@ -124,7 +124,9 @@ def test_the_same_scan_as_dicom_series_nrrd_and_nifti_gets_the_same_map(imported
                                        intercept=-1024.0, pixel_mm=SPACING[:2], slice_mm=SPACING[2],
                                        series_uid='1.2.826.0.1.1'),
              'nrrd': write_nrrd(tmp_path / 'nrrd' / 'ct_0.nrrd', image, spacing=SPACING),
-             'nifti': write_nifti(tmp_path / 'nifti' / 'ct_0.nii.gz', image, affine=AFFINE)}
+             # the same scan as NIfTI: the series' and NRRD's left-posterior-superior frame in NIfTI's RAS terms
+             'nifti': write_nifti(tmp_path / 'nifti' / 'ct_0.nii.gz', image,
+                                  affine=np.diag([-SPACING[0], -SPACING[1], SPACING[2], 1.0]))}
     # a second CT series beside it (a scout): --series picks the scan's
     write_ct_series(tmp_path / 'series' / 'ct_0' / 'scout', np.zeros((8, 8, 3), np.int16), series_uid='1.2.826.0.1.2')
     maps = {}
@@ -146,7 +148,7 @@ def test_the_same_scan_as_dicom_series_nrrd_and_nifti_gets_the_same_map(imported
 # ----------------------------------------------------------------------------- the geometric inverse alone
 
 def identity_recipe(num_classes=3):
-    return make_recipe('ct', True, None, 1, [], 'none', 'xyz', 0, (1, 1, 1), range(num_classes), '')
+    return make_recipe('ct', 'RAS', None, 1, [], 'none', 'xyz', 0, (1, 1, 1), range(num_classes), '')
 
 
 def test_identity_recipe_inverse_is_exact_and_restores_the_stored_axis_order():
@@ -197,7 +199,7 @@ def test_a_bad_recipe_value_is_one_line_naming_its_key(key, value):
 
 
 def test_class_values_invert_the_recipes_label_map():
-    recipe = make_recipe('mr', False, None, 1, [], 'none', 'xy', 0, (1, 1, 1), [0.0, 2.0, 255.0], '')
+    recipe = make_recipe('mr', 'RAS', None, 1, [], 'none', 'xy', 0, (1, 1, 1), [0.0, 2.0, 255.0], '')
     assert recipe['labels'] == {'0': 0, '2': 1, '255': 2}
     assert class_values(recipe).tolist() == [0, 2, 255]
 
@@ -218,10 +220,11 @@ def one_line_error(capsys):
 
 
 @pytest.mark.parametrize('case, words', [
-    ('version', ['format_version 2', 'this code reads format_version 1']),
+    ('version', ['format_version 3', 'this code reads format_version 1 and 2']),
+    ('blank', ['scan.nii.gz: the image is blank: every voxel is -1000']),
     ('missing', ['import recipe', 'missing spacing']),
     ('no recipe', ['NRRD and DICOM scans are read through the import recipe', 'holds none']),
-    ('mr scan', ['not a CT in Hounsfield units']),
+    ('mr scan', ['0 % of its voxels are at or below -200', 'not a CT in Hounsfield units', '--skip_modality_check']),
     ('4-D', ['is 4-D with shape (48, 48, 12, 2)']),
     ('no CT series', ['no CT slice', 'Modality MR']),
     ('tiny', ['scan.nii.gz: 3x3x6 voxels at the recipe\'s spacing 0.8,0.8,1.25', 'minimum of 4']),
@@ -237,7 +240,7 @@ def test_what_cannot_be_segmented_is_one_line_and_writes_nothing(trained, tmp_pa
     scan = tmp_path / 'scan.nii.gz'
     checkpoint = trained
     if case == 'version':
-        checkpoint = edited_checkpoint(trained, tmp_path / 'v2.pth', lambda c: c['recipe'].update(format_version=2))
+        checkpoint = edited_checkpoint(trained, tmp_path / 'v2.pth', lambda c: c['recipe'].update(format_version=3))
     elif case == 'missing':
         checkpoint = edited_checkpoint(trained, tmp_path / 'old.pth', lambda c: c['recipe'].pop('spacing'))
     elif case == 'no recipe':
@@ -246,6 +249,8 @@ def test_what_cannot_be_segmented_is_one_line_and_writes_nothing(trained, tmp_pa
         nrrd.write(str(scan), image)
     elif case == 'mr scan':
         image = (image + 1000) // 4  # an MR-like range: nothing near air's -1000
+    elif case == 'blank':
+        image = np.full_like(image, -1000)
     elif case == '4-D':
         image = np.stack([image, image], axis=-1)
     elif case == 'tiny':
@@ -282,9 +287,9 @@ def test_check_validates_the_recipe(imported, tmp_path):
     recipe.update(format_version=7, crop='around the label')
     (data / RECIPE_FILE).write_text(json.dumps(recipe))
     problems, _, _ = check_folder(data, num_classes=2, pattern='{id}.h5')
-    assert problems == [f'{data / RECIPE_FILE}: format_version 7: this code reads format_version 1 (re-import the '
-                        'data with this version of the code)']
-    recipe.update(format_version=1)
+    assert problems == [f'{data / RECIPE_FILE}: format_version 7: this code reads format_version 1 and 2 (re-import '
+                        'the data with this version of the code)']
+    recipe.update(format_version=2)
     (data / RECIPE_FILE).write_text(json.dumps(recipe))
     problems, _, _ = check_folder(data, num_classes=2, pattern='{id}.h5')
     assert problems == [f'{data / RECIPE_FILE}: crop "around the label" is not nonzero or label or none']

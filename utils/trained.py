@@ -266,9 +266,9 @@ class PictureWriter:
         self.folder, self.spacing, self.used = Path(folder), spacing, set()
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def __call__(self, case_id, pred, image, label, score=None, spacing=None):
+    def __call__(self, case_id, pred, image, label, score=None, spacing=None, orientation=None):
         """label None (a new volume): the prediction alone, no Dice. spacing: this case's voxel size (default the
-        writer's)."""
+        writer's); orientation: the arrays' axis codes, which the picture's edges name."""
         from dataloaders.pictures import save_case_png
         from utils.metrics import calculate_metric_percase
         title = (f'{case_id} (no label)' if label is None
@@ -279,4 +279,4 @@ class PictureWriter:
             name = f'{case_id}_{k}'
         self.used.add(name)
         save_case_png(self.folder / f'{name}.png', image, label, pred, title,
-                      self.spacing if spacing is None else spacing, flag='--save_png')
+                      self.spacing if spacing is None else spacing, flag='--save_png', orientation=orientation)

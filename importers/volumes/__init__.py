@@ -14,8 +14,8 @@ and importers.import_volumes; each writes its recipe.py record beside the cases.
 pydicom are optional: each is imported by the one function that reads its format, and a missing one is
 named in one line (VolumeError) with its pip line.
 """
-from .apply import scan_problem, to_network_grid, to_scan_grid, to_stored
-from .checks import (MAX_VOXELS, MIN_AXIS, affine_problem, align_label, check_affine, finite_problem,
+from .apply import label_values, modality_problem, network_axes, scan_problem, to_network_grid, to_scan_grid, to_stored
+from .checks import (MAX_VOXELS, MIN_AXIS, affine_problem, align_label, check_affine, constant_problem, finite_problem,
                      label_value_problem, number_problems, size_problem)
 from .crop import AXES, body_mask, bounding_box, crop_box, label_box, pad_to
 from .dicom import read_ct_scan, read_ct_series
@@ -23,7 +23,7 @@ from .errors import ProblemList, VolumeError
 from .intensity import apply_steps, ct_window, zscore
 from .pairs import pair_files, volume_files
 from .read import read_scan, read_with_spacing, scan_suffix
-from .recipe import (RECIPE_FILE, class_values, make_recipe, read_recipe, recipe_problems,
+from .recipe import (RECIPE_FILE, class_values, legacy_warning, make_recipe, read_recipe, recipe_problems,
                      write_recipe)
 from .resample import resample, resample_pair
 from .write import ReplacingDir, StagingDir, check_out_dir, write_case_h5, write_list

@@ -39,6 +39,16 @@ def finite_problem(array, name):
     return f'{name}: {bad} voxels are NaN or infinite (of {array.size})' if bad else None
 
 
+def constant_problem(array, name):
+    """One line naming `name` when every voxel of array holds one value (a blank or constant scan: no body to
+    crop, nothing to normalise or segment), else None."""
+    array = np.asarray(array)
+    if array.size and np.all(array == array.flat[0]):
+        name = f'{name}: ' if name else ''
+        return f'{name}the image is blank: every voxel is {float(array.flat[0]):g}, nothing to segment'
+    return None
+
+
 def affine_problem(affine, name):
     """One line naming `name` when a 4x4 voxel-to-world affine is not finite or its axes are zero or
     parallel (a singular matrix: no voxel size, no orientation), else None."""

@@ -21,8 +21,11 @@ def scan_suffix(path):
 
 
 def _three_d(array, path):
-    """Drop a trailing axis of length 1 (some writers store (X,Y,Z,1)); refuse anything but 3-D."""
-    if array.ndim == 4 and array.shape[3] == 1:
+    """Drop trailing axes of length 1 (some writers store (X,Y,Z,1) or (X,Y,Z,1,1)); refuse anything but 3-D,
+    and anything but numbers (an RGB NIfTI holds records of three bytes, a complex one two floats per voxel)."""
+    if array.dtype.kind not in 'biuf':
+        raise VolumeError(f'{path}: holds {array.dtype} voxels, expected one number per voxel (a grey-level scan)')
+    while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 3:
         raise VolumeError(f'{path}: is {array.ndim}-D with shape {array.shape}, expected one 3-D volume '

@@ -4,9 +4,10 @@ train.py copies it into the run's config and checkpoints; segment.py applies it 
 its geometric steps (apply.py), so a label map lands on the scan it was computed from. Its keys
 (docs/data.md, "dataset.json"):
 
-    format_version  1
+    format_version  2 (1: the recipes written before the orientation key, still read: below)
     modality        'ct' (Hounsfield units) or 'mr'
-    reorient        true: axes put in world x, y, z order when read (orient.to_xyz); false: as stored
+    orientation     the axis codes every case was brought to, flips included (orient.py), e.g. 'LPS': the
+                    orientation the networks see; segment.py brings a new scan to it
     spacing         [x, y, z] mm every case was resampled to; null: each case kept its own
     order           the image's interpolation in that resampling: 1 linear, 3 cubic (labels: nearest)
     intensity       the intensity steps in order (intensity.py): window or zscore, each on 'volume' or 'crop'
@@ -18,6 +19,11 @@ its geometric steps (apply.py), so a label map lands on the scan it was computed
     labels          {original value: class}, e.g. {"0": 0, "3": 1}; JSON keys are strings
     num_classes     C, the number of classes
     command         the command line that wrote the folder
+
+format_version 1 has 'reorient' instead of 'orientation' (true: the axes were permuted to world x, y, z
+order and never flipped; false: stored as read). It is still read and applied as written, with one warning
+(legacy_warning): a new scan is then seen by the networks the way that import saw its cases, mirrored when
+stored with an axis the other way. Any other version is refused in one line (re-import the data).
 """
 import json
 import math
@@ -28,17 +34,20 @@ import numpy as np
 from .crop import AXES
 from .errors import ProblemList, VolumeError
 from .intensity import STAGES
+from .orient import orientation_problem
 from .write import write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# the versions this code reads, and the key each has that the other lacks
+VERSION_KEYS = {1: 'reorient', 2: 'orientation'}
 RECIPE_FILE = 'dataset.json'
 CROPS = ('nonzero', 'label', 'none')
 
 
-def make_recipe(modality, reorient, spacing, order, intensity, crop, crop_axes, margin, min_size, values, command):
+def make_recipe(modality, orientation, spacing, order, intensity, crop, crop_axes, margin, min_size, values, command):
     """The recipe dict (module docstring) of an import; values: the original label value of each class,
     in class order. Only plain JSON types, so a checkpoint holding it loads with weights_only=True."""
-    return {'format_version': FORMAT_VERSION, 'modality': modality, 'reorient': bool(reorient),
+    return {'format_version': FORMAT_VERSION, 'modality': modality, 'orientation': str(orientation),
             'spacing': None if spacing is None else [float(s) for s in spacing], 'order': int(order),
             'intensity': [dict(step) for step in intensity], 'crop': crop, 'crop_axes': crop_axes,
             'margin': margin if isinstance(margin, int) else [int(m) for m in margin],
@@ -79,6 +88,7 @@ def _labels_ok(labels):
 CHECKS = {
     'modality': (lambda v: v in ('ct', 'mr'), '"ct" or "mr"'),
     'reorient': (lambda v: isinstance(v, bool), 'true or false'),
+    'orientation': (lambda v: orientation_problem(v) is None, 'three axis codes, one of L/R, A/P and S/I (e.g. LPS)'),
     'spacing': (lambda v: v is None or (_numbers(v, 3) and min(v) > 0), 'null or three positive numbers'),
     'order': (lambda v: _int(v) and v in (1, 3), '1 or 3'),
     'intensity': (lambda v: isinstance(v, list) and all(_step_ok(s) for s in v), 'a list of window/zscore steps'),
@@ -97,17 +107,28 @@ def recipe_problems(recipe):
     if not isinstance(recipe, dict):
         return [f'expected a JSON object, found {type(recipe).__name__}']
     version = recipe.get('format_version')
-    if version != FORMAT_VERSION:
-        return [f'format_version {json.dumps(version)}: this code reads format_version {FORMAT_VERSION} '
-                '(re-import the data with this version of the code)']
-    missing = [key for key in CHECKS if key not in recipe]
+    if not _int(version) or version not in VERSION_KEYS:
+        return [f'format_version {json.dumps(version)}: this code reads format_version '
+                f'{" and ".join(map(str, VERSION_KEYS))} (re-import the data with this version of the code)']
+    keys = [key for key in CHECKS if key not in VERSION_KEYS.values() or key == VERSION_KEYS[version]]
+    missing = [key for key in keys if key not in recipe]
     if missing:
         return [f'missing {", ".join(missing)}']
-    problems = [f'{key} {json.dumps(recipe[key])} is not {what}' for key, (ok, what) in CHECKS.items()
-                if not ok(recipe[key])]
+    problems = [f'{key} {json.dumps(recipe[key])} is not {CHECKS[key][1]}' for key in keys
+                if not CHECKS[key][0](recipe[key])]
     if not problems and len(recipe['labels']) != recipe['num_classes']:
         problems.append(f'labels map {len(recipe["labels"])} values but num_classes is {recipe["num_classes"]}')
     return problems
+
+
+def legacy_warning(recipe, where):
+    """The one warning line for a recipe of format_version 1 (module docstring), None for a current one."""
+    if recipe is None or 'orientation' in recipe:
+        return None
+    how = 'permuted to x, y, z order but not flipped' if recipe.get('reorient') else 'taken in their stored order'
+    return (f'warning: {where}: its import recipe predates the orientation key (format_version '
+            f'{recipe.get("format_version")}): new scans are {how} as its cases were, so a scan stored with an axis '
+            'reversed is seen mirrored; re-import the data and retrain to have every scan brought to one orientation')
 
 
 def class_values(recipe):
