@@ -163,7 +163,9 @@ def main(argv=None):
             raise UsageError('--nifti needs nibabel, which is not installed: pip install nibabel')
     nets, info, window, device = open_trained(cfg)
     out_dir = Path(cfg['out_dir'] if cfg['out_dir'] is not None else info['snapshot_path'])
-    savers = [PictureWriter(out_dir / 'pictures', cfg['spacing'])] if cfg['save_png'] else []
+    # the cases of an import are stored in the orientation its recipe records: the pictures name their sides
+    orientation = (info['recipe'] or {}).get('orientation')
+    savers = [PictureWriter(out_dir / 'pictures', cfg['spacing'], orientation)] if cfg['save_png'] else []
     out_dir.mkdir(parents=True, exist_ok=True)
 
     dataset = H5Dataset(cfg['root_path'], split=cfg['split'], list_file=cfg['list_file'], pattern=cfg['pattern'],

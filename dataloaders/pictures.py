@@ -16,6 +16,9 @@ import importlib
 
 import numpy as np
 
+# The patient's directions in pairs of opposites: a picture's edges face both of a pair.
+OPPOSITE = {'L': 'R', 'R': 'L', 'A': 'P', 'P': 'A', 'S': 'I', 'I': 'S'}
+
 # Outline colours on a grey image: cyan and orange stay apart for the common colour-vision deficiencies.
 TRUTH_COLOR = '#00d8ff'
 PREDICTION_COLOR = '#ff8c00'
@@ -82,7 +85,6 @@ def panels(orientation=None):
 def edge_letters(orientation, axis):
     """(left, right, top, bottom) letters of the patient's directions on the edges of the panel holding
     `axis` fixed, as view() lays it out: the first other axis across, the second down (axis 2) or up."""
-    from importers.volumes.orient import OPPOSITE  # the one table of directions; imports nothing of ours
     across, down = [a for a in range(3) if a != axis]
     toward_down = orientation[down] if axis == 2 else OPPOSITE[orientation[down]]
     return OPPOSITE[orientation[across]], orientation[across], OPPOSITE[toward_down], toward_down

@@ -262,8 +262,9 @@ def require_matplotlib():
 class PictureWriter:
     """<case id>.png with the label and prediction outlined and the Dice in its title (needs matplotlib)."""
 
-    def __init__(self, folder, spacing):
-        self.folder, self.spacing, self.used = Path(folder), spacing, set()
+    def __init__(self, folder, spacing, orientation=None):
+        """orientation: the axis codes of the arrays it is given (None: unknown, axes named x, y, z)."""
+        self.folder, self.spacing, self.orientation, self.used = Path(folder), spacing, orientation, set()
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, case_id, pred, image, label, score=None, spacing=None, orientation=None):
@@ -279,4 +280,5 @@ class PictureWriter:
             name = f'{case_id}_{k}'
         self.used.add(name)
         save_case_png(self.folder / f'{name}.png', image, label, pred, title,
-                      self.spacing if spacing is None else spacing, flag='--save_png', orientation=orientation)
+                      self.spacing if spacing is None else spacing, flag='--save_png',
+                      orientation=orientation or self.orientation)

@@ -13,13 +13,13 @@ its cases (apply.network_axes). to_xyz applies it to an array (read.read_with_sp
 """
 import numpy as np
 
+from dataloaders.pictures import OPPOSITE  # a valid orientation takes one letter of each pair of opposites
+
 from .errors import VolumeError
 
 # NIfTI's world frame and nibabel's canonical orientation (as_closest_canonical); checks.canonical compares a
 # label with its image in it. import_volumes' default: a NIfTI written with a scaling affine keeps its array.
 CANONICAL = 'RAS'
-# the pairs of opposite directions: a valid orientation takes one letter of each; a picture's edges face both
-OPPOSITE = {'L': 'R', 'R': 'L', 'A': 'P', 'P': 'A', 'S': 'I', 'I': 'S'}
 
 
 def _orientations(what):
