@@ -81,15 +81,15 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument('--gpu', default='0', help='CUDA index; -1 only with --quick')
     p.add_argument('--quick', action='store_true', help='tiny sizes and few steps: the CPU smoke run of every step')
-    p.add_argument('--warmup', type=int, default=None, help='untimed steps per setting (3; --quick 1)')
-    p.add_argument('--iterations', type=int, default=None, help='timed steps per setting (10; --quick 2)')
+    p.add_argument('--warmup', type=int, default=None, help='untimed steps per setting (3; --quick 0)')
+    p.add_argument('--iterations', type=int, default=None, help='timed steps per setting (10; --quick 1)')
     p.add_argument('--checkpoint', default=None, help='a train.py checkpoint of a trained pair for the inference step')
     p.add_argument('--steps', default=','.join(STEPS), help='which steps to run, comma-separated')
     p.add_argument('--out', default='benchmarks/cache/gpu_check.json', help='the JSON written')
     args = p.parse_args(argv)
     args.size = QUICK if args.quick else FULL
-    args.warmup = (1 if args.quick else 3) if args.warmup is None else args.warmup
-    args.iterations = (2 if args.quick else 10) if args.iterations is None else args.iterations
+    args.warmup = (0 if args.quick else 3) if args.warmup is None else args.warmup
+    args.iterations = (1 if args.quick else 10) if args.iterations is None else args.iterations
     args.steps = args.steps.split(',')
     bad = set(args.steps) - set(STEPS)
     if bad:

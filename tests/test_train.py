@@ -498,15 +498,15 @@ def test_resume_is_bit_exact_in_contiguous_format_and_with_cpu_amp(phantoms, tmp
     # --amp at 48x48x32: V-Net levels down to 3x3x2, clear of the 2x2x1 and 2x2x2 at which some CPUs' bfloat16
     # weight gradients are wrong (utils/precision.py; train.py refuses --amp there)
     patch = dict(patch_size='48,48,32') if '--amp' in flags else {}
-    train.main(args(phantoms, full, *flags, max_iterations=8, save_every=4, **patch))
-    if '--amp' in flags:  # on the CPU --amp trains in bfloat16: not the float32 weights of the same 4 steps
+    train.main(args(phantoms, full, *flags, max_iterations=4, save_every=2, **patch))
+    if '--amp' in flags:  # on the CPU --amp trains in bfloat16: not the float32 weights of the same 2 steps
         float32 = [f for f in flags if f != '--amp']
-        train.main(args(phantoms, tmp_path / 'float32', *float32, max_iterations=4, rampup=8, **patch))
+        train.main(args(phantoms, tmp_path / 'float32', *float32, max_iterations=2, rampup=4, **patch))
         assert not torch.equal(load(full / 'latest.pth')['net_a']['block_one.conv.0.weight'],
                                load(tmp_path / 'float32' / 'final.pth')['net_a']['block_one.conv.0.weight'])
     resumed.mkdir()
     shutil.copy(full / 'latest.pth', resumed / 'latest.pth')
-    train.main(args(phantoms, resumed, *flags, '--resume', 'auto', max_iterations=8, **patch))
+    train.main(args(phantoms, resumed, *flags, '--resume', 'auto', max_iterations=4, **patch))
     assert_same_run(load(full / 'final.pth'), load(resumed / 'final.pth'))
 
 
