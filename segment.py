@@ -25,9 +25,9 @@ from importers.volumes.orient import reorient
 from utils.cli import OneLineParser, UsageError, run_cli
 from utils.inference import test_single_case
 from utils.metrics import keep_largest_components
-from utils.trained import (PictureWriter, add_trained_args, open_trained, parse_spacing, read_flags,
+from utils.trained import (PictureWriter, UniqueNames, add_trained_args, open_trained, parse_spacing, read_flags,
                            require_matplotlib)
-from utils.volume_io import (UniqueNames, input_files, is_scan, label_dtype, label_map_suffix, nibabel_or_none,
+from utils.volume_io import (input_files, is_scan, label_dtype, label_map_suffix, nibabel_or_none,
                              read_scan_input, read_volume, spacing_affine, volume_suffix, write_label_map)
 
 

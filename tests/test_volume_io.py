@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from utils.cli import UsageError
-from utils.volume_io import (UniqueNames, input_files, label_map_suffix, read_volume, volume_suffix,
-                             write_label_map)
+from utils.trained import UniqueNames
+from utils.volume_io import input_files, label_map_suffix, read_volume, volume_suffix, write_label_map
 
 
 def test_reads_h5_and_npy_and_drops_a_trailing_channel(tmp_path):

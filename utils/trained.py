@@ -253,6 +253,21 @@ def window_settings(cfg, device):
                 amp=amp_dtype(device) if cfg['amp'] else None)
 
 
+class UniqueNames:
+    """Hands out file stems never handed out before in this run (per suffix): id, id_2, id_3, ..."""
+
+    def __init__(self):
+        self.used = set()
+
+    def __call__(self, stem, suffix=''):
+        name, k = stem, 1
+        while name + suffix in self.used:
+            k += 1
+            name = f'{stem}_{k}'
+        self.used.add(name + suffix)
+        return name
+
+
 def require_matplotlib():
     """--save_png without matplotlib: one line naming the package, before any work."""
     from dataloaders.pictures import optional_import
@@ -264,7 +279,8 @@ class PictureWriter:
 
     def __init__(self, folder, spacing, orientation=None):
         """orientation: the axis codes of the arrays it is given (None: unknown, axes named x, y, z)."""
-        self.folder, self.spacing, self.orientation, self.used = Path(folder), spacing, orientation, set()
+        self.folder, self.spacing, self.orientation = Path(folder), spacing, orientation
+        self.names = UniqueNames()
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, case_id, pred, image, label, score=None, spacing=None, orientation=None):
@@ -274,11 +290,6 @@ class PictureWriter:
         from utils.metrics import calculate_metric_percase
         title = (f'{case_id} (no label)' if label is None
                  else f'{case_id}: Dice {100 * calculate_metric_percase(pred, label)[0]:.1f} %')
-        name, k = str(case_id), 1
-        while name in self.used:  # two cases of one name get two pictures
-            k += 1
-            name = f'{case_id}_{k}'
-        self.used.add(name)
-        save_case_png(self.folder / f'{name}.png', image, label, pred, title,
+        save_case_png(self.folder / (self.names(str(case_id), '.png') + '.png'), image, label, pred, title,
                       self.spacing if spacing is None else spacing, flag='--save_png',
                       orientation=orientation or self.orientation)

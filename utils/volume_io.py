@@ -13,6 +13,7 @@ import numpy as np
 from importers.volumes import VolumeError, read_ct_scan, read_scan
 from importers.volumes.orient import axis_spacing
 from utils.cli import UsageError
+from utils.trained import UniqueNames
 
 VOLUME_SUFFIXES = ('.nii.gz', '.nii', '.nrrd', '.h5', '.hdf5', '.npy')
 # what an import recipe reads; a folder of none of VOLUME_SUFFIXES is a DICOM series
@@ -128,21 +129,6 @@ def write_label_map(pred, path, nib=None, affine=None, source=None):
             f.create_dataset('label', data=pred, compression='gzip')
             if source is not None:
                 f.attrs['source'] = str(source)
-
-
-class UniqueNames:
-    """Hands out file stems never handed out before in this run (per suffix): id, id_2, id_3, ..."""
-
-    def __init__(self):
-        self.used = set()
-
-    def __call__(self, stem, suffix=''):
-        name, k = stem, 1
-        while name + suffix in self.used:
-            k += 1
-            name = f'{stem}_{k}'
-        self.used.add(name + suffix)
-        return name
 
 
 class PredictionWriter:
