@@ -156,7 +156,7 @@ def main(argv=None):
     if cfg['save_png']:
         require_matplotlib()
     nib = None
-    if cfg['save_pred'] and not cfg['h5']:  # .nii.gz where nibabel is installed (--nifti: required)
+    if cfg['nifti'] or cfg['save_pred'] and not cfg['h5']:  # .nii.gz where nibabel is installed (--nifti: required)
         from utils.volume_io import nibabel_or_none
         nib = nibabel_or_none()
         if cfg['nifti'] and nib is None:

@@ -356,6 +356,7 @@ def test_preprocess_pancreas_refuses_a_label_of_another_voxel_size(tmp_path):
 # ----------------------------------------------------------------------------- segment.py's scan checks
 
 def test_scan_problem_refuses_a_tiny_scan_and_a_singular_header():
+    require_extra('nibabel')  # the recipe's orientation step reorients with nibabel
     recipe = make_recipe('ct', 'RAS', (1.0, 1.0, 1.0), 1, [], 'nonzero', 'xyz', 0, (16, 16, 16), (0, 1), '')
     scan = np.full((3, 3, 3), -1000.0, np.float32)
     assert f'3x3x3 voxels at the recipe\'s spacing 1,1,1, fewer than the minimum of {MIN_AXIS}' in \

@@ -153,6 +153,7 @@ def identity_recipe(num_classes=3):
 
 def test_identity_recipe_inverse_is_exact_and_restores_the_stored_axis_order():
     """A scan stored (z, x, y): the network sees it in (x, y, z) order, every map comes back as stored."""
+    require_extra('nibabel')  # the recipe's orientation step reorients with nibabel
     rng = np.random.default_rng(0)
     stored = rng.normal(size=(5, 7, 6)).astype(np.float32)
     affine = np.zeros((4, 4))
@@ -171,6 +172,7 @@ def test_identity_recipe_inverse_is_exact_and_restores_the_stored_axis_order():
 def test_resample_and_crop_round_trip_gives_back_the_label_map_up_to_its_border():
     """The importer's own path (import_case) takes a known map to the network's grid; its classes, as scores,
     come back through the inverse onto the scan: the same map but for voxels at the organ's border."""
+    require_extra('nibabel')  # the recipe's orientation step reorients with nibabel
     image, label = ct_case(0, shape=(96, 90, 16))
     recipe = iv.volumes_recipe('ct', [0.0, float(ORGAN)], target=(1.0, 1.0, 2.0), min_size=(16, 16, 16))
     network_image, grid = to_network_grid(image, np.diag([*SPACING, 1.0]), recipe)
